@@ -1,0 +1,8 @@
+"""pytest-memo: memoized fixtures, fast array serialization and hashing, a parallel runner."""
+
+from pytest_memo.errors import CorruptFileError
+from pytest_memo.hashing import UnhashableError, hash
+from pytest_memo.serialize import dump, load
+
+__all__ = ["CorruptFileError", "UnhashableError", "dump", "hash", "load"]
+__version__ = "0.1.0"

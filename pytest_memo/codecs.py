@@ -1,0 +1,167 @@
+"""Chunk codecs: byte shuffle plus a general-purpose compressor, run on a shared thread pool.
+
+Every compressor used here releases the GIL, so chunks compress and decompress on all
+cores at once.  Shuffling numeric data by item size (all first bytes, then all second
+bytes, ...) groups the slowly varying exponent bytes together, which is what makes
+floating-point data compressible.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import os
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import lz4.block
+import numpy as np
+
+__all__ = ["Codec", "map_ordered", "parse_compress", "shuffle", "unshuffle_into"]
+
+CODEC_NAMES = ("lz4", "zlib", "gzip", "bz2", "lzma", "xz")
+_DEFAULT_LEVELS = {"lz4": 0, "zlib": 3, "gzip": 3, "bz2": 3, "lzma": 3, "xz": 3}
+# python-lz4 switches to its slow high-compression mode from level 3 up, as lz4 itself does.
+LZ4_HC_FROM = 3
+MAX_SHUFFLE_ITEMSIZE = 16
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    level: int
+
+    def compress(self, data: Any) -> bytes:
+        if self.name == "lz4":
+            if self.level >= LZ4_HC_FROM:
+                return bytes(
+                    lz4.block.compress(
+                        data, mode="high_compression", compression=self.level, store_size=False
+                    )
+                )
+            return bytes(lz4.block.compress(data, store_size=False))
+        if self.name == "zlib":
+            return zlib.compress(data, self.level)
+        if self.name == "gzip":
+            packer = zlib.compressobj(self.level, zlib.DEFLATED, 31)
+            return packer.compress(data) + packer.flush()
+        if self.name == "bz2":
+            return bz2.compress(data, max(1, self.level))
+        return lzma.compress(data, format=self._lzma_format, preset=self.level)
+
+    def decompress(self, data: Any, raw_size: int) -> bytes:
+        if self.name == "lz4":
+            return bytes(lz4.block.decompress(data, uncompressed_size=raw_size))
+        if self.name in ("zlib", "gzip"):
+            return zlib.decompress(data, 15 if self.name == "zlib" else 31, raw_size or 1)
+        if self.name == "bz2":
+            return bz2.decompress(data)
+        return lzma.decompress(data, format=self._lzma_format)
+
+    @property
+    def _lzma_format(self) -> int:
+        return lzma.FORMAT_XZ if self.name == "xz" else lzma.FORMAT_ALONE
+
+
+def parse_compress(compress: object) -> Codec | None:
+    """Turn joblib-style ``compress`` values into a codec (None: store raw).
+
+    Accepted: None/False/0, True (lz4), a codec name, an int 1-9 (zlib at that level, as
+    joblib does), or a ``(name, level)`` pair.
+    """
+    if compress is None or compress is False or compress == 0:
+        return None
+    if compress is True:
+        return Codec("lz4", _DEFAULT_LEVELS["lz4"])
+    if isinstance(compress, int) and 1 <= compress <= 9:
+        return Codec("zlib", compress)
+    if isinstance(compress, str):
+        return _named_codec(compress, None)
+    if isinstance(compress, tuple) and len(compress) == 2 and isinstance(compress[0], str):
+        level = compress[1]
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 16:
+            raise ValueError(f"compress level must be an int between 0 and 16, got {level!r}")
+        return _named_codec(compress[0], level)
+    raise ValueError(
+        f"compress={compress!r} is not understood: use None, True, a level 1-9, "
+        f"one of {', '.join(CODEC_NAMES)}, or a (name, level) pair such as ('lz4', 1)"
+    )
+
+
+def _named_codec(name: str, level: int | None) -> Codec:
+    if name not in CODEC_NAMES:
+        raise ValueError(f"unknown compression {name!r}: choose one of {', '.join(CODEC_NAMES)}")
+    return Codec(name, _DEFAULT_LEVELS[name] if level is None else level)
+
+
+def shuffle_width(itemsize: int) -> int:
+    """Bytes per item to shuffle by; 1 means leave the bytes in order."""
+    return itemsize if 1 < itemsize <= MAX_SHUFFLE_ITEMSIZE else 1
+
+
+def shuffle(chunk: Any, width: int) -> Any:
+    """Group byte 0 of every item, then byte 1, ... (a copy; the input is left alone)."""
+    if width == 1:
+        return chunk
+    items = np.frombuffer(chunk, dtype=np.uint8).reshape(-1, width)
+    return np.ascontiguousarray(items.T)
+
+
+def unshuffle_into(data: bytes, width: int, out: np.ndarray[Any, Any]) -> None:
+    """Undo :func:`shuffle`, writing the restored bytes into ``out`` (a uint8 array)."""
+    shuffled = np.frombuffer(data, dtype=np.uint8)
+    if width == 1:
+        out[:] = shuffled
+        return
+    # One byte lane at a time: about twice as fast as assigning the transposed view at once.
+    lanes, items = shuffled.reshape(width, -1), out.reshape(-1, width)
+    for lane in range(width):
+        items[:, lane] = lanes[lane]
+
+
+# -- thread pool ---------------------------------------------------------------
+
+_pool: ThreadPoolExecutor | None = None
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(1, _usable_cpus()), thread_name_prefix="pytest-memo")
+    return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child has none of the parent's threads: a pool inherited from it would hang.
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def map_ordered(function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """``map`` on the pool, results in order, at most a few chunks in flight (bounded memory)."""
+    executor = pool()
+    window: deque[Future[R]] = deque()
+    limit = 2 * executor._max_workers
+    for item in items:
+        window.append(executor.submit(function, item))
+        if len(window) >= limit:
+            yield window.popleft().result()
+    while window:
+        yield window.popleft().result()

@@ -1,0 +1,62 @@
+"""Project commands that set up what they need: ``python3 tasks.py demo|test``.
+
+The first call creates ``.venv`` and installs the package with its ``dev`` extra; later calls
+reuse it and reinstall only when ``pyproject.toml`` changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / "pytest-memo-installed"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def _run(*args: str | Path, check: bool = True, env: dict[str, str] | None = None) -> int:
+    print("+", " ".join(str(a) for a in args), flush=True)
+    code = subprocess.call([str(a) for a in args], cwd=ROOT, env=env)
+    if check and code != 0:
+        sys.exit(code)
+    return code
+
+
+def ensure_venv() -> None:
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        venv.create(VENV, with_pip=True)
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    STAMP.write_text(wanted)
+
+
+def demo() -> int:
+    """Run the example suite twice: cold (fixtures computed) then warm (loaded from the store)."""
+    _run(PYTHON, "-m", "pytest", "examples", "-p", "no:cacheprovider", "--memo-clear", "-q")
+    return _run(PYTHON, "-m", "pytest", "examples", "-p", "no:cacheprovider", "-q", check=False)
+
+
+def test() -> int:
+    """Lint, format check, strict typing, then the whole test suite."""
+    _run(PYTHON, "-m", "ruff", "check", ".")
+    _run(PYTHON, "-m", "ruff", "format", "--check", ".")
+    _run(PYTHON, "-m", "mypy")
+    return _run(PYTHON, "-m", "pytest", "-n", "2", *sys.argv[2:], check=False)
+
+
+COMMANDS = {"demo": demo, "test": test}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python3 tasks.py {{{'|'.join(COMMANDS)}}} [pytest options]")
+    ensure_venv()
+    sys.exit(COMMANDS[sys.argv[1]]())
