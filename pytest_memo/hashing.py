@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-__all__ = ["UnhashableError", "hash"]
+__all__ = ["UnhashableError", "code_hash", "hash"]
 
 _FLUSH_AT = 1 << 16  # pending pieces, each small
 _pack_q = struct.Struct("<q").pack
@@ -42,6 +42,14 @@ def hash(obj: Any) -> str:
         raise UnhashableError(
             "object is nested too deeply to hash; flatten it or hash a summary of it"
         ) from None
+    return hasher.hexdigest()
+
+
+def code_hash(func: types.FunctionType) -> str:
+    """Digest of what a function does: bytecode, names and constants, without its docstring,
+    file name or line numbers (so comments, formatting and moving it do not count)."""
+    hasher = _ContentHasher()
+    hasher._code(func.__code__, func.__doc__)
     return hasher.hexdigest()
 
 
@@ -240,7 +248,7 @@ class _ContentHasher:
         self.update(func.__defaults__)
         self.update(func.__kwdefaults__)
         self.update([cell.cell_contents for cell in func.__closure__ or ()])
-        names = _global_names(func.__code__)
+        names = global_names(func.__code__)
         self.update({name: func.__globals__[name] for name in names if name in func.__globals__})
 
     def _code(self, code: types.CodeType, doc: str | None = None) -> None:
@@ -294,11 +302,12 @@ def _dtype_text(dtype: np.dtype[Any]) -> str:
     return str(dtype.descr) if dtype.fields else dtype.str
 
 
-def _global_names(code: types.CodeType) -> list[str]:
+def global_names(code: types.CodeType) -> list[str]:
+    """Names a code object (and the functions nested in it) looks up as globals or attributes."""
     names = list(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names.extend(_global_names(const))
+            names.extend(global_names(const))
     return sorted(set(names))
 
 

@@ -1,3 +1,204 @@
-"""pytest hooks: options, the ``memo`` mark, fixture setup from the store, the summary."""
+"""pytest hooks: options, fixture setup from the store, the summary.  Thin on purpose:
+the work is done in ``fixture_memo`` and ``store``, which know nothing of these hooks."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_memo import marker
+from pytest_memo.fixture_memo import FixtureMemo, Settings
+from pytest_memo.stats import listing_table, parse_size
+from pytest_memo.store import Store
+
+MEMO = pytest.StashKey[FixtureMemo]()
+CLEAR_ALL = "*all*"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("memo", "memoized fixtures (pytest-memo)")
+    group.addoption(
+        "--memo-clear",
+        nargs="?",
+        const=CLEAR_ALL,
+        default=None,
+        metavar="FIXTURE",
+        help="remove all stored values before the run, or only those of FIXTURE",
+    )
+    group.addoption(
+        "--memo-off", action="store_true", help="compute every fixture; do not touch the store"
+    )
+    group.addoption(
+        "--memo-refresh",
+        action="store_true",
+        help="recompute memoized fixtures and store them again",
+    )
+    group.addoption("--memo-show", action="store_true", help="list the stored values and exit")
+    group.addoption("--memo-dir", default=None, help="the store directory (default: .pytest_memo)")
+    group.addoption(
+        "--memo-max-size",
+        default=None,
+        metavar="SIZE",
+        help="after the run, evict least recently used values beyond SIZE (e.g. 2GB)",
+    )
+    parser.addini(
+        "memo_dir", "the store directory, relative to the rootdir", default=".pytest_memo"
+    )
+    parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
+    parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
+
+
+def _store(config: pytest.Config) -> Store:
+    location = config.getoption("memo_dir") or config.getini("memo_dir")
+    return Store(config.rootpath / Path(location).expanduser())
+
+
+def _max_size(config: pytest.Config) -> int | None:
+    text = config.getoption("memo_max_size") or config.getini("memo_max_size")
+    if not text:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise pytest.UsageError(f"--memo-max-size / memo_max_size: {error}") from None
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.getoption("memo_show"):
+        return None
+    from _pytest.main import wrap_session  # configures the terminal, as --cache-show does
+
+    return wrap_session(config, _show)
+
+
+def _show(config: pytest.Config, session: pytest.Session) -> int:
+    store = _store(config)
+    entries = store.listing()
+    writer = config.get_terminal_writer()
+    writer.sep("-", f"pytest-memo store: {store.root}")
+    if not entries:
+        writer.line("(empty)")
+    for line in listing_table(entries):
+        writer.line(line)
+    return 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "memo(version=None, ignore=(), depends=(), compress=None, mmap=False): store the "
+        "fixture's value on disk and load it on later runs while its code, parameters, "
+        "dependencies and files are unchanged (pytest-memo)",
+    )
+    _max_size(config)  # a bad size is a usage error before anything runs
+    store = None if config.getoption("memo_off") else _store(config)
+    started = getattr(config, "workerinput", {}).get("pytest_memo_started", time.time())
+    config.stash[MEMO] = FixtureMemo(
+        Settings(
+            rootdir=config.rootpath,
+            store=store,
+            run_started=started,
+            refresh=bool(config.getoption("memo_refresh")),
+            by_name=frozenset(config.getini("memo_fixtures")),
+        )
+    )
+    if store is not None and not _is_worker(config):
+        _prepare(config, store)
+
+
+def _prepare(config: pytest.Config, store: Store) -> None:
+    clear = config.getoption("memo_clear")
+    try:
+        store.prepare()
+        if clear is not None:
+            store.clear(None if clear == CLEAR_ALL else clear)
+    except OSError as error:
+        config.issue_config_time_warning(
+            pytest.PytestWarning(f"pytest-memo: cannot use the store in {store.root}: {error}"),
+            stacklevel=2,
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
+    memo = request.config.stash.get(MEMO, None)
+    options = memo.options_for(fixturedef) if memo is not None else None
+    if memo is None or options is None:
+        return (yield)
+    return (yield from memo.setup(fixturedef, request, options))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # ``@pytest.mark.memo`` on a test function records options instead of a mark (it cannot
+    # tell a test from a fixture-to-be); give such tests the mark so ``-m memo`` finds them.
+    for item in items:
+        if marker.options_of(getattr(item, "obj", None)) is not None:
+            item.add_marker("memo")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    memo = config.stash.get(MEMO, None)
+    if memo is None or memo.store is None:
+        return
+    try:
+        memo.store.flush()
+        if _is_worker(config):
+            config.workeroutput["pytest_memo"] = memo.stats.as_dict()  # type: ignore[attr-defined]
+        elif (limit := _max_size(config)) is not None:
+            memo.store.evict(limit)
+    except OSError as error:
+        config.issue_config_time_warning(
+            pytest.PytestWarning(f"pytest-memo: cannot update the store index: {error}"),
+            stacklevel=2,
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    memo = config.stash.get(MEMO, None)
+    if memo is None or memo.settings.store is None or not memo.stats.fixtures:
+        return
+    store = memo.settings.store
+    try:
+        size: int | None = store.total_size()
+    except OSError:
+        size = None
+    where = _display_path(store.root, config.rootpath)
+    terminalreporter.write_line(memo.stats.summary_line(size, where))
+    if config.get_verbosity() > 0:
+        for line in memo.stats.table():
+            terminalreporter.write_line("  " + line)
+
+
+def _display_path(path: Path, rootdir: Path) -> str:
+    try:
+        return path.relative_to(rootdir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# pytest-xdist hooks (optional: they exist only when pytest-xdist is installed).
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    memo = node.config.stash.get(MEMO, None)
+    if memo is not None:
+        node.workerinput["pytest_memo_started"] = memo.settings.run_started
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    memo = node.config.stash.get(MEMO, None)
+    counts = getattr(node, "workeroutput", {}).get("pytest_memo")
+    if memo is not None and counts:
+        memo.stats.merge(counts)

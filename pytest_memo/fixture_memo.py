@@ -1,0 +1,291 @@
+"""Memoizing pytest fixtures: keys from a fixture request, the store lookup, single flight.
+
+The plugin's ``pytest_fixture_setup`` wrapper hands each memoized fixture to
+:meth:`FixtureMemo.setup`, a generator that yields exactly once, where pytest runs its own
+setup.  On a hit, the fixture's function is swapped for one that returns the stored value,
+so pytest caches, scopes and tears down the value exactly as if it had been computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_memo.errors import CorruptFileError
+from pytest_memo.hashing import UnhashableError, hash
+from pytest_memo.keys import CodeFingerprints, combine, files_digest
+from pytest_memo.marker import MemoOptions, options_of
+from pytest_memo.stats import RunStats
+from pytest_memo.store import Entry, EntryInfo, Store
+
+__all__ = ["FixtureMemo", "MemoWarning"]
+
+# Built-in fixtures whose values are different on every run or are live handles:
+# as a dependency they would make every lookup a miss.
+PER_RUN_FIXTURES = frozenset(
+    {
+        "tmp_path",
+        "tmpdir",
+        "tmp_path_factory",
+        "tmpdir_factory",
+        "monkeypatch",
+        "capsys",
+        "capsysbinary",
+        "capfd",
+        "capfdbinary",
+        "caplog",
+        "recwarn",
+        "pytestconfig",
+        "record_property",
+        "record_testsuite_property",
+        "record_xml_attribute",
+        "cache",
+    }
+)
+
+
+class MemoWarning(UserWarning):
+    """Something went wrong with the store; the tests go on with computed values."""
+
+
+@dataclass
+class Settings:
+    rootdir: Path
+    store: Store | None  # None: --memo-off
+    run_started: float  # in the main process, for all workers of a run
+    refresh: bool  # --memo-refresh: entries written before the run started are recomputed
+    by_name: frozenset[str]  # the memo_fixtures ini option
+
+
+class FixtureMemo:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = RunStats()
+        self.fingerprints = CodeFingerprints(settings.rootdir)
+        self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
+        self._store_broken = False
+
+    @property
+    def store(self) -> Store | None:
+        return None if self._store_broken else self.settings.store
+
+    def options_for(self, fixturedef: Any) -> MemoOptions | None:
+        if self.settings.store is None:
+            return None
+        options = options_of(fixturedef.func)
+        if options is None and fixturedef.argname in self.settings.by_name:
+            return MemoOptions()
+        return options
+
+    # -- setup ----------------------------------------------------------------
+
+    def setup(
+        self, fixturedef: Any, request: Any, options: MemoOptions
+    ) -> Generator[None, Any, Any]:
+        _refuse_unsupported(fixturedef)
+        key, slot = self._key(fixturedef, request, options)
+        self._keys[fixturedef] = key
+        store, stats = self.store, self.stats.of(fixturedef.argname)
+        if store is None:
+            return (yield)
+        entry = self._lookup(store, key, fixturedef, options)
+        if entry is None:
+            lock = store.lock(key)
+            try:
+                lock.acquire()
+            except OSError as error:  # the lock file cannot be created: read-only store
+                self._broken(error)
+                return (yield)
+            try:
+                entry = self._lookup(store, key, fixturedef, options)
+                if entry is None:
+                    return (yield from self._compute(store, key, slot, fixturedef, options))
+            finally:
+                lock.release()
+        stats.hits += 1
+        stats.seconds_saved += entry.info.seconds
+        try:
+            store.note_hit(entry)
+        except OSError as error:
+            self._broken(error)
+        return (yield from _serve(fixturedef, entry.value))
+
+    def _compute(
+        self, store: Store, key: str, slot: str, fixturedef: Any, options: MemoOptions
+    ) -> Generator[None, Any, Any]:
+        started = time.perf_counter()
+        value = yield
+        seconds = time.perf_counter() - started
+        stats = self.stats.of(fixturedef.argname)
+        stats.misses += 1
+        stats.seconds_computed += seconds
+        info = EntryInfo(
+            fixture=fixturedef.argname,
+            source=self._source(fixturedef.func),
+            slot=slot,
+            seconds=seconds,
+            created=time.time(),
+        )
+        self._save(store, key, info, value, options, fixturedef.argname)
+        return value
+
+    def _save(
+        self, store: Store, key: str, info: EntryInfo, value: Any, options: MemoOptions, name: str
+    ) -> None:
+        try:
+            invalidated = store.has_other_in_slot(info.slot, key)
+            store.write(key, info, value, compress=options.compress)
+        except OSError as error:
+            self._broken(error)
+            return
+        except Exception as error:  # pickling runs user code: any error is possible
+            _warn(
+                f"the value of fixture {name!r} could not be stored ({type(error).__name__}: "
+                f"{error}); the test uses the computed value and it is not memoized"
+            )
+            return
+        if invalidated:
+            self.stats.of(name).invalidated += 1
+
+    def _lookup(
+        self, store: Store, key: str, fixturedef: Any, options: MemoOptions
+    ) -> Entry | None:
+        settings = self.settings
+        if settings.refresh and store.created_before(key, settings.run_started):
+            return None
+        try:
+            entry = store.read(key, mmap=options.mmap)
+        except CorruptFileError as error:
+            _warn(
+                f"removed a damaged entry of fixture {fixturedef.argname!r} and recomputed it: "
+                f"{error}"
+            )
+            store.remove(key)
+            return None
+        except OSError as error:
+            _warn(f"cannot read the store entry of fixture {fixturedef.argname!r}: {error}")
+            return None
+        if entry is not None and entry.info.fixture != fixturedef.argname:
+            return None  # not ours: never serve another fixture's value
+        return entry
+
+    def _broken(self, error: OSError) -> None:
+        if not self._store_broken:
+            _warn(
+                f"cannot write to the store in {self.settings.store and self.settings.store.root} "
+                f"({error}); fixtures are computed normally for the rest of this run"
+            )
+        self._store_broken = True
+
+    # -- keys -----------------------------------------------------------------
+
+    def _key(self, fixturedef: Any, request: Any, options: MemoOptions) -> tuple[str, str]:
+        function = getattr(fixturedef.func, "__func__", fixturedef.func)
+        identity = f"{function.__module__}:{function.__qualname__}"
+        param = self._param(fixturedef, request)
+        dependencies = {
+            name: self._dependency(fixturedef, request, name)
+            for name in fixturedef.argnames
+            if name != "request" and name not in options.ignore
+        }
+        files = None
+        if options.depends:
+            files, unmatched = files_digest(self.settings.rootdir, options.depends)
+            for pattern in unmatched:
+                _warn(
+                    f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches no file"
+                )
+        key = combine(
+            identity=identity,
+            code=self.fingerprints.of(function),
+            param=param,
+            dependencies=dependencies,
+            files=files,
+            version=hash(options.version),
+        )
+        return key, combine(identity=identity, param=param)
+
+    def _param(self, fixturedef: Any, request: Any) -> str | None:
+        if not hasattr(request, "param"):
+            return None
+        try:
+            return hash(request.param)
+        except UnhashableError as error:
+            pytest.fail(
+                f"pytest-memo: the parameter of fixture {fixturedef.argname!r} cannot be hashed "
+                f"({error}); use parameters that are plain data",
+                pytrace=False,
+            )
+
+    def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
+        dependency = request._get_active_fixturedef(name)
+        key = self._keys.get(dependency)
+        if key is not None:
+            return ("memo", key)
+        hint = (
+            f"add ignore=[{name!r}] to its memo mark if the value does not depend on it, "
+            "or memoize a fixture that does not use it"
+        )
+        if name in PER_RUN_FIXTURES:
+            pytest.fail(
+                f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, which is "
+                f"different on every run, so it could never be loaded from the store: {hint}",
+                pytrace=False,
+            )
+        try:
+            return ("value", hash(request.getfixturevalue(name)))
+        except UnhashableError as error:
+            pytest.fail(
+                f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, whose value "
+                f"cannot be hashed into its key ({error}): {hint}",
+                pytrace=False,
+            )
+
+    def _source(self, function: Any) -> str:
+        try:
+            path = Path(inspect.getfile(function)).resolve()
+            return path.relative_to(self.settings.rootdir.resolve()).as_posix()
+        except (TypeError, ValueError):
+            return str(getattr(function, "__module__", "?"))
+
+
+def _serve(fixturedef: Any, value: Any) -> Generator[None, Any, Any]:
+    """Let pytest set the fixture up with ``value`` instead of calling the fixture."""
+
+    def stored_value(*args: Any, **kwargs: Any) -> Any:
+        return value
+
+    original = fixturedef.func
+    fixturedef.func = stored_value
+    try:
+        return (yield)
+    finally:
+        fixturedef.func = original
+
+
+def _refuse_unsupported(fixturedef: Any) -> None:
+    function = fixturedef.func
+    kind = None
+    if inspect.isgeneratorfunction(function):
+        kind = "a yield fixture"
+    elif inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        kind = "an async fixture"
+    if kind is not None:
+        pytest.fail(
+            f"pytest-memo: fixture {fixturedef.argname!r} is {kind}, and its teardown cannot be "
+            "replayed from the store. Move the expensive part into its own fixture that "
+            "returns the data and mark that one with @pytest.mark.memo; keep this fixture "
+            "unmemoized, taking the data as an argument.",
+            pytrace=False,
+        )
+
+
+def _warn(message: str) -> None:
+    warnings.warn(MemoWarning(f"pytest-memo: {message}"), stacklevel=2)

@@ -1,0 +1,110 @@
+"""``pytest.mark.memo``: a mark that can be applied to fixtures.
+
+pytest 9.1+ refuses marks on fixtures ("Marks cannot be applied to fixtures") and 8.4
+warns, so ``pytest.mark.memo`` is this decorator instead of a generic mark: applied to a
+fixture, or to the function under ``@pytest.fixture``, it records the memo options on the
+function and stores no pytest mark; anywhere else it behaves as an ordinary mark.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from _pytest.mark.structures import MARK_GEN, Mark, MarkDecorator
+
+from pytest_memo import codecs
+
+__all__ = ["MemoOptions", "memo", "options_of"]
+
+OPTIONS_ATTRIBUTE = "__pytest_memo__"
+
+
+@dataclass(frozen=True)
+class MemoOptions:
+    """What ``@pytest.mark.memo(...)`` was given."""
+
+    version: object = None
+    ignore: tuple[str, ...] = ()
+    depends: tuple[str, ...] = ()
+    compress: object = None
+    mmap: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def parse(cls, kwargs: dict[str, Any], where: str = "pytest.mark.memo") -> MemoOptions:
+        unknown = set(kwargs) - {"version", "ignore", "depends", "compress", "mmap"}
+        if unknown:
+            raise TypeError(
+                f"{where} got unknown option(s) {', '.join(sorted(unknown))}; "
+                "valid options are version, ignore, depends, compress and mmap"
+            )
+        codecs.parse_compress(kwargs.get("compress"))  # fail now, not at the first store
+        return cls(
+            version=kwargs.get("version"),
+            ignore=_names(kwargs.get("ignore", ()), "ignore", where),
+            depends=_names(kwargs.get("depends", ()), "depends", where),
+            compress=kwargs.get("compress"),
+            mmap=bool(kwargs.get("mmap", False)),
+        )
+
+
+def _names(value: object, option: str, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Sequence) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise TypeError(f"{where}: {option}= takes a string or a list of strings, got {value!r}")
+
+
+def options_of(function: Any) -> MemoOptions | None:
+    """The memo options recorded on a fixture function, if it was marked."""
+    for candidate in (function, getattr(function, "__func__", None)):
+        options = getattr(candidate, OPTIONS_ATTRIBUTE, None)
+        if isinstance(options, MemoOptions):
+            return options
+    return None
+
+
+def _is_fixture(obj: object) -> bool:
+    return type(obj).__name__ == "FixtureFunctionDefinition" or hasattr(
+        obj, "_pytestfixturefunction"
+    )
+
+
+class MemoMarkDecorator(MarkDecorator):
+    """What ``pytest.mark.memo`` returns once pytest-memo is loaded."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and (callable(args[0]) or _is_fixture(args[0])):
+            target = args[0]
+            if _is_fixture(target) or inspect.isfunction(target):
+                options = MemoOptions.parse(dict(self.mark.kwargs))
+                _record(target, options)
+                return target
+            return super().__call__(target)
+        return self.with_args(*args, **kwargs)
+
+    def with_args(self, *args: Any, **kwargs: Any) -> MemoMarkDecorator:
+        if args:
+            raise TypeError(
+                "pytest.mark.memo takes keyword options only, for example "
+                "@pytest.mark.memo(version=2, ignore=['tmp_path'])"
+            )
+        MemoOptions.parse(kwargs)
+        mark = Mark(self.name, (), {**self.mark.kwargs, **kwargs}, _ispytest=True)
+        return MemoMarkDecorator(mark, _ispytest=True)
+
+
+def _record(target: Any, options: MemoOptions) -> None:
+    """Store the options on the fixture object and on the function it wraps."""
+    for obj in (target, getattr(target, "__wrapped__", None), getattr(target, "__func__", None)):
+        if obj is not None:
+            setattr(obj, OPTIONS_ATTRIBUTE, options)
+
+
+memo = MemoMarkDecorator(Mark("memo", (), {}, _ispytest=True), _ispytest=True)
+# ``pytest.mark`` looks instance attributes up before generating a generic mark.
+MARK_GEN.memo = memo  # type: ignore[attr-defined]

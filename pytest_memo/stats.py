@@ -1,0 +1,152 @@
+"""Counting what the store did during a run, and saying it in one line or a table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pytest_memo.store import Listing
+
+__all__ = ["FixtureStats", "RunStats", "format_size", "parse_size"]
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """``"2GB"`` -> 2_000_000_000; ``"512MiB"``, ``"1.5G"`` and plain byte counts work too."""
+    cleaned = text.strip().upper().replace(" ", "")
+    number = cleaned.rstrip("KMGTIB")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0:
+        raise ValueError(
+            f"cannot read the size {text!r}: write a number with an optional unit, "
+            "such as 500MB, 2GB or 1GiB"
+        )
+    return int(value * _UNITS[unit])
+
+
+def format_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def format_age(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+@dataclass
+class FixtureStats:
+    hits: int = 0
+    misses: int = 0
+    invalidated: int = 0
+    seconds_saved: float = 0.0
+    seconds_computed: float = 0.0
+
+
+@dataclass
+class RunStats:
+    fixtures: dict[str, FixtureStats] = field(default_factory=dict)
+
+    def of(self, name: str) -> FixtureStats:
+        return self.fixtures.setdefault(name, FixtureStats())
+
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add the counts a worker process reported (see :meth:`as_dict`)."""
+        for name, counts in other.get("fixtures", {}).items():
+            mine = self.of(name)
+            for attribute, value in counts.items():
+                setattr(mine, attribute, getattr(mine, attribute) + value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def total(self) -> FixtureStats:
+        total = FixtureStats()
+        for stats in self.fixtures.values():
+            for attribute, value in asdict(stats).items():
+                setattr(total, attribute, getattr(total, attribute) + value)
+        return total
+
+    def summary_line(self, store_size: int | None, where: str) -> str:
+        total = self.total()
+        parts = [
+            f"{total.hits} hit{'s' * (total.hits != 1)} ({total.seconds_saved:.1f} s saved)",
+            f"{total.misses} miss{'es' * (total.misses != 1)} "
+            f"({total.seconds_computed:.1f} s computed)",
+            f"{total.invalidated} invalidated",
+        ]
+        if store_size is not None:
+            parts.append(f"store {format_size(store_size)} in {where}")
+        return "memo: " + ", ".join(parts)
+
+    def table(self) -> list[str]:
+        rows = [("fixture", "hits", "misses", "invalidated", "saved", "computed")]
+        for name, stats in sorted(self.fixtures.items()):
+            rows.append(
+                (
+                    name,
+                    str(stats.hits),
+                    str(stats.misses),
+                    str(stats.invalidated),
+                    f"{stats.seconds_saved:.2f} s",
+                    f"{stats.seconds_computed:.2f} s",
+                )
+            )
+        return _aligned(rows)
+
+
+def listing_table(entries: list[Listing], now: float | None = None) -> list[str]:
+    """The ``--memo-show`` table."""
+    now = time.time() if now is None else now
+    rows = [("fixture", "key", "size", "created", "last used", "hits", "saved")]
+    for entry in entries:
+        rows.append(
+            (
+                entry.fixture,
+                entry.key[:12],
+                format_size(entry.size),
+                format_age(now - entry.created),
+                format_age(now - entry.last_used),
+                str(entry.hits),
+                f"{entry.hits * entry.seconds:.1f} s",
+            )
+        )
+    return _aligned(rows)
+
+
+def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines

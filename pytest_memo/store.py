@@ -1,0 +1,271 @@
+"""The on-disk store: entries keyed by content hash, an index, per-key locks, eviction.
+
+Layout under the store directory::
+
+    CACHEDIR.TAG, .gitignore
+    v1/entries/ab/abcdef....memo   one file per entry: its metadata and its value, written
+                                    atomically by :func:`pytest_memo.dump`
+    v1/locks/abcdef....lock         single flight: whoever holds it computes the entry
+    v1/index.sqlite                 listing, statistics and eviction (WAL: many processes)
+
+An entry file is self-contained and self-checking; the index only speeds up listing and
+eviction, and a missing index row is recreated from the file the next time it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from pytest_memo.errors import CorruptFileError
+from pytest_memo.serialize import dump, load
+
+__all__ = ["Entry", "EntryInfo", "Store"]
+
+LAYOUT = "v1"
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by pytest-memo.\n"
+    "# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    slot TEXT NOT NULL,
+    fixture TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL,
+    seconds REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_slot ON entries (slot);
+CREATE INDEX IF NOT EXISTS entries_last_used ON entries (last_used);
+"""
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What is known about an entry besides its value.
+
+    ``slot`` names the place the entry fills (fixture identity and parameter) whatever the
+    code version: a new key in an old slot means the old entry was invalidated.
+    """
+
+    fixture: str
+    source: str
+    slot: str
+    seconds: float
+    created: float
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    info: EntryInfo
+    value: Any
+
+
+@dataclass(frozen=True)
+class Listing:
+    key: str
+    fixture: str
+    source: str
+    created: float
+    last_used: float
+    hits: int
+    size: int
+    seconds: float
+
+
+class Store:
+    """A directory of memoized values.  Every method is safe to call from several processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.base = root / LAYOUT
+        self._local = threading.local()
+        self._pending_hits: dict[str, int] = {}
+        self._pending_lock = threading.Lock()
+
+    # -- paths ----------------------------------------------------------------
+
+    def entry_path(self, key: str) -> Path:
+        return self.base / "entries" / key[:2] / f"{key}.memo"
+
+    def _lock_path(self, key: str) -> Path:
+        return self.base / "locks" / f"{key}.lock"
+
+    def prepare(self) -> None:
+        """Create the directory with its markers; raises OSError if it cannot be written."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / "locks").mkdir(exist_ok=True)
+        tag = self.root / "CACHEDIR.TAG"
+        if not tag.exists():
+            tag.write_text(CACHEDIR_TAG)
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("# created by pytest-memo\n*\n")
+
+    # -- entries --------------------------------------------------------------
+
+    def read(self, key: str, mmap: bool = False) -> Entry | None:
+        """The entry for ``key``, or None if there is none.
+
+        Raises CorruptFileError for a damaged entry; the caller decides what to do.
+        """
+        path = self.entry_path(key)
+        try:
+            info, value = load(path, mmap_mode="r" if mmap else None)
+        except FileNotFoundError:
+            return None
+        if not isinstance(info, dict):
+            raise CorruptFileError(f"{path}: not a pytest-memo store entry")
+        return Entry(key, EntryInfo(**info), value)
+
+    def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
+        """Store ``value`` atomically; returns its size on disk."""
+        path = self.entry_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = dump((asdict(info), value), path, compress=compress)
+        self._index_insert(key, info, size)
+        return size
+
+    def remove(self, key: str) -> None:
+        self.entry_path(key).unlink(missing_ok=True)
+        with self._index() as index:
+            index.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    def created_before(self, key: str, moment: float) -> bool:
+        """True if the entry exists and its file was written before ``moment``."""
+        try:
+            return self.entry_path(key).stat().st_mtime < moment
+        except FileNotFoundError:
+            return False
+
+    def lock(self, key: str) -> filelock.BaseFileLock:
+        """The key's lock: whoever holds it computes the entry, the others wait for it.
+
+        It is an OS file lock, released by the kernel if its holder dies, so a waiter
+        takes over from a crashed process instead of waiting forever.
+        """
+        return filelock.FileLock(self._lock_path(key))
+
+    # -- index ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _index(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on the index; SQLite errors come out as OSError, like file errors."""
+        try:
+            connection = self._connection()
+            with connection:
+                yield connection
+        except sqlite3.Error as error:
+            raise OSError(f"store index {self.base / 'index.sqlite'}: {error}") from error
+
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per process and thread: SQLite connections survive neither a
+        # fork nor sharing between threads.
+        owner = (os.getpid(), threading.get_ident())
+        if getattr(self._local, "owner", None) != owner:
+            connection = sqlite3.connect(self.base / "index.sqlite", timeout=60)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+            self._local.connection, self._local.owner = connection, owner
+        connection_: sqlite3.Connection = self._local.connection
+        return connection_
+
+    def _index_insert(self, key: str, info: EntryInfo, size: int) -> None:
+        now = time.time()
+        with self._index() as index:
+            index.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (key, info.slot, info.fixture, info.source, info.created, now, size, info.seconds),
+            )
+
+    def has_other_in_slot(self, slot: str, key: str) -> bool:
+        with self._index() as index:
+            row = index.execute(
+                "SELECT 1 FROM entries WHERE slot = ? AND key != ? LIMIT 1", (slot, key)
+            ).fetchone()
+        return row is not None
+
+    def note_hit(self, entry: Entry) -> None:
+        """Count a hit; written to the index in one transaction by :meth:`flush`."""
+        with self._pending_lock:
+            self._pending_hits[entry.key] = self._pending_hits.get(entry.key, 0) + 1
+        if not self._has_row(entry.key):
+            self._index_insert(entry.key, entry.info, self.entry_path(entry.key).stat().st_size)
+
+    def _has_row(self, key: str) -> bool:
+        with self._index() as index:
+            return (
+                index.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone() is not None
+            )
+
+    def flush(self) -> None:
+        with self._pending_lock:
+            hits, self._pending_hits = self._pending_hits, {}
+        if not hits:
+            return
+        now = time.time()
+        with self._index() as index:
+            index.executemany(
+                "UPDATE entries SET hits = hits + ?, last_used = ? WHERE key = ?",
+                [(count, now, key) for key, count in hits.items()],
+            )
+
+    def listing(self) -> list[Listing]:
+        if not (self.base / "index.sqlite").exists():
+            return []
+        with self._index() as index:
+            rows = index.execute(
+                "SELECT key, fixture, source, created, last_used, hits, size, seconds "
+                "FROM entries ORDER BY fixture, last_used DESC"
+            ).fetchall()
+        return [Listing(*row) for row in rows]
+
+    def total_size(self) -> int:
+        return sum(entry.size for entry in self.listing())
+
+    # -- housekeeping ---------------------------------------------------------
+
+    def clear(self, fixture: str | None = None) -> int:
+        """Remove every entry, or only the entries of one fixture; returns how many."""
+        if fixture is None:
+            count = len(self.listing())
+            for name in ("entries", "locks"):
+                shutil.rmtree(self.base / name, ignore_errors=True)
+            for suffix in ("", "-wal", "-shm"):
+                (self.base / f"index.sqlite{suffix}").unlink(missing_ok=True)
+            self._local = threading.local()
+            return count
+        doomed = [entry.key for entry in self.listing() if entry.fixture == fixture]
+        for key in doomed:
+            self.remove(key)
+        return len(doomed)
+
+    def evict(self, max_size: int) -> list[str]:
+        """Remove least recently used entries until the store holds at most ``max_size`` bytes."""
+        entries = sorted(self.listing(), key=lambda entry: entry.last_used)
+        total = sum(entry.size for entry in entries)
+        evicted = []
+        for entry in entries:
+            if total <= max_size:
+                break
+            self.remove(entry.key)
+            total -= entry.size
+            evicted.append(entry.key)
+        return evicted
