@@ -41,8 +41,11 @@ def ensure_venv() -> None:
 
 def demo() -> int:
     """Run the example suite twice: cold (fixtures computed) then warm (loaded from the store)."""
-    _run(PYTHON, "-m", "pytest", "examples", "-p", "no:cacheprovider", "--memo-clear", "-q")
-    return _run(PYTHON, "-m", "pytest", "examples", "-p", "no:cacheprovider", "-q", check=False)
+    pytest = (PYTHON, "-m", "pytest", "examples", "-q", "-p", "no:cacheprovider")
+    print("\n== cold run: the store is cleared, expensive fixtures are computed ==", flush=True)
+    _run(*pytest, "--memo-clear")
+    print("\n== warm run: the same fixtures are loaded from examples/.pytest_memo ==", flush=True)
+    return _run(*pytest, check=False)
 
 
 def test() -> int:

@@ -3,7 +3,8 @@
 from pytest_memo.errors import CorruptFileError
 from pytest_memo.hashing import UnhashableError, hash
 from pytest_memo.marker import memo
+from pytest_memo.memory import cache
 from pytest_memo.serialize import dump, load
 
-__all__ = ["CorruptFileError", "UnhashableError", "dump", "hash", "load", "memo"]
+__all__ = ["CorruptFileError", "UnhashableError", "cache", "dump", "hash", "load", "memo"]
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_memo import marker
+from pytest_memo import marker, memory
 from pytest_memo.fixture_memo import FixtureMemo, Settings
 from pytest_memo.stats import listing_table, parse_size
 from pytest_memo.store import Store
@@ -111,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
             by_name=frozenset(config.getini("memo_fixtures")),
         )
     )
+    memory.use_store(store, config.rootpath, off=store is None)
     if store is not None and not _is_worker(config):
         _prepare(config, store)
 
