@@ -168,6 +168,10 @@ class CodeFingerprints:
         top = module_name.partition(".")[0]
         if top in sys.stdlib_module_names or top == "builtins":
             return f"python-{PYTHON}"
+        try:  # most distributions are named as their top-level package: skip the scan
+            return f"{top}=={importlib.metadata.version(top)}"
+        except importlib.metadata.PackageNotFoundError:
+            pass
         if self._distributions is None:
             self._distributions = dict(importlib.metadata.packages_distributions())
         versions = []

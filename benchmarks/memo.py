@@ -1,0 +1,155 @@
+"""Memoized fixtures, measured side by side with plain pytest and pytest-xdist.
+
+A suite with a 2-second session fixture returning a 200 MB array and 30 tests using it,
+run cold (store cleared) and warm, serial and with ``-n 2``, against the same suite with
+``--memo-off``.  Then the overhead of one store hit, from suites whose function-scoped
+fixture is hit once per test, against the same suites with a fixture that costs nothing.
+
+    python benchmarks/memo.py [--repeat N]
+
+Prints markdown tables (medians of N runs); copy them into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+SUITE = """
+import os, time
+import numpy as np
+import pytest
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo(mmap=True)
+def dataset():
+    time.sleep(2.0)  # stands for an expensive computation
+    return np.arange(25_000_000, dtype=np.float64)  # 200 MB
+
+@pytest.mark.parametrize("i", range(30))
+def test_uses_dataset(dataset, i):
+    assert dataset[i] == i
+"""
+
+HITS = """
+import os
+import numpy as np
+import pytest
+
+BIG = os.environ["BENCH_BIG"] == "1"
+CHEAP = os.environ["BENCH_CHEAP"] == "1"
+
+@pytest.fixture
+@pytest.mark.memo(mmap=True)
+def value():
+    if CHEAP:
+        return 0
+    return np.ones(25_000_000) if BIG else {"answer": 42, "items": list(range(10))}
+
+@pytest.mark.parametrize("i", range(N))
+def test_hit(value, i):
+    pass
+"""
+
+
+def run(directory: Path, *args: str, env: dict[str, str] | None = None) -> float:
+    # Only the plugins under test, so that other installed plugins' start-up is not measured.
+    plugins = ["-p", "pytest_memo.plugin", "-p", "xdist.plugin"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, *args]
+    started = time.perf_counter()
+    result = subprocess.run(
+        command,
+        cwd=directory,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"benchmark suite failed: {' '.join(command)}\n{result.stdout}\n{result.stderr}")
+    return elapsed
+
+
+def median(repeat: int, action: object) -> float:
+    return statistics.median(action() for _ in range(repeat))  # type: ignore[operator]
+
+
+def suite_table(directory: Path, repeat: int) -> list[str]:
+    (directory / "test_suite.py").write_text(SUITE)
+    rows = ["| run | serial | `-n 2` |", "|---|---|---|"]
+    results = {}
+    for workers in ((), ("-n", "2")):
+        off = median(repeat, lambda w=workers: run(directory, "--memo-off", *w))
+        cold = median(repeat, lambda w=workers: run(directory, "--memo-clear", *w))
+        run(directory, *workers)  # make sure the store is filled
+        warm = median(repeat, lambda w=workers: run(directory, *w))
+        results[workers] = (off, cold, warm)
+    serial, xdist = results[()], results[("-n", "2")]
+    labels = ("without memo (`--memo-off`)", "memo, cold store", "memo, warm store")
+    for index, label in enumerate(labels):
+        rows.append(f"| {label} | {serial[index]:.2f} s | {xdist[index]:.2f} s |")
+    rows.append(
+        f"| speed-up warm vs without memo | {serial[0] / serial[2]:.1f}x | "
+        f"{xdist[0] / xdist[2]:.1f}x |"
+    )
+    return rows
+
+
+def hit_table(directory: Path, repeat: int, tests: int) -> list[str]:
+    (directory / "test_hits.py").write_text(HITS.replace("range(N)", f"range({tests})"))
+    rows = ["| value | per-hit overhead | target |", "|---|---|---|"]
+    for big, label, target in (
+        ("0", "small dict", "< 2 ms"),
+        ("1", "200 MB array, mmap=True", "< 5 ms"),
+    ):
+        env = {"BENCH_BIG": big, "BENCH_CHEAP": "0"}
+        run(directory, "--memo-clear", "test_hits.py", env=env)  # fill the store
+        warm = median(repeat, lambda e=env: run(directory, "test_hits.py", env=e))
+        cheap = {"BENCH_BIG": big, "BENCH_CHEAP": "1"}
+        base = median(repeat, lambda e=cheap: run(directory, "--memo-off", "test_hits.py", env=e))
+        rows.append(f"| {label} | {(warm - base) / tests * 1000:.2f} ms | {target} |")
+    return rows
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import pytest
+
+    return (
+        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"pytest {pytest.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tests", type=int, default=1000, help="tests in the per-hit suites")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as temporary:
+        directory = Path(temporary)
+        (directory / "pytest.ini").write_text("[pytest]\n")
+        print(f"Machine: {machine()}\n")
+        print("Session fixture (2 s, 200 MB) used by 30 tests, wall time of the whole run:\n")
+        print("\n".join(suite_table(directory, options.repeat)))
+        print(f"\nStore hit overhead ({options.tests} tests, function-scoped fixture):\n")
+        print("\n".join(hit_table(directory, options.repeat, options.tests)))
+    print(textwrap.dedent(f"\nmedians of {options.repeat} runs"))
+
+
+if __name__ == "__main__":
+    main()
