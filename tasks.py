@@ -39,6 +39,20 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def ensure_pytest84() -> Path:
+    """A second environment with pytest 8.4: the tests check the oldest pytest we support too."""
+    python = ROOT / ".venv-pytest84" / BIN.name / PYTHON.name
+    stamp = python.parent.parent / "pytest-memo-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == wanted and python.exists():
+        return python
+    if not python.exists():
+        venv.create(python.parent.parent, with_pip=True)
+    _run(python, "-m", "pip", "install", "--quiet", "-e", ".", "pytest==8.4.*", "pytest-xdist")
+    stamp.write_text(wanted)
+    return python
+
+
 def demo() -> int:
     """Run the example suite twice: cold (fixtures computed) then warm (loaded from the store)."""
     pytest = (PYTHON, "-m", "pytest", "examples", "-q", "-p", "no:cacheprovider")
@@ -53,7 +67,8 @@ def test() -> int:
     _run(PYTHON, "-m", "ruff", "check", ".")
     _run(PYTHON, "-m", "ruff", "format", "--check", ".")
     _run(PYTHON, "-m", "mypy")
-    return _run(PYTHON, "-m", "pytest", "-n", "2", *sys.argv[2:], check=False)
+    env = {**os.environ, "PYTEST_MEMO_PYTEST84_PYTHON": str(ensure_pytest84())}
+    return _run(PYTHON, "-m", "pytest", "-n", "2", *sys.argv[2:], check=False, env=env)
 
 
 COMMANDS = {"demo": demo, "test": test}
