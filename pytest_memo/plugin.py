@@ -3,6 +3,7 @@ the work is done in ``fixture_memo`` and ``store``, which know nothing of these 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -203,3 +204,22 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     counts = getattr(node, "workeroutput", {}).get("pytest_memo")
     if memo is not None and counts:
         memo.stats.merge(counts)
+
+
+# The parallel runner's workers (forked, see pytest_memo.parallel) report like xdist's.
+
+
+def worker_output(config: pytest.Config) -> dict[str, Any] | None:
+    """In a --par worker about to exit: save index updates, return this worker's counts."""
+    memo = config.stash.get(MEMO, None)
+    if memo is None or memo.store is None:
+        return None
+    with contextlib.suppress(OSError):  # the counts still reach the summary
+        memo.store.flush()
+    return memo.stats.as_dict()
+
+
+def merge_worker_output(config: pytest.Config, output: dict[str, Any] | None) -> None:
+    memo = config.stash.get(MEMO, None)
+    if memo is not None and output:
+        memo.stats.merge(output)

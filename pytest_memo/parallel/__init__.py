@@ -1,0 +1,1 @@
+"""The parallel runner: ``pytest --par=N``."""

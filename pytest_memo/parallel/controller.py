@@ -1,0 +1,238 @@
+"""The controller: forks workers from the collected session, feeds them items, replays reports.
+
+Collection happens once, in the main process.  Workers are forked from it, so they start
+in milliseconds with the collected items already in memory.  Each worker asks for no
+work: the controller tops its queue up as it reports items done, so no worker idles while
+another has a backlog.  Everything the reporters see is replayed here, in the main
+process, through the normal hooks: terminal output, ``--junitxml``, ``--lf`` and the rest
+behave as in a serial run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import pytest
+
+from pytest_memo.parallel import worker as protocol
+from pytest_memo.parallel.replay import item_events, replay
+from pytest_memo.parallel.worker import run_worker
+
+__all__ = ["Controller"]
+
+MAX_BATCH = 64
+
+
+@dataclass
+class _Worker:
+    pid: int
+    commands: Connection
+    results: Connection
+    assigned: deque[int] = field(default_factory=deque)
+    started: float = field(default_factory=time.monotonic)  # start of its current item
+    ended: bool = False  # END or STOP sent
+    said_bye: bool = False
+    timed_out: bool = False
+
+
+@dataclass
+class Hooks:
+    """What the controller needs from the rest of the plugin, kept out of this module."""
+
+    worker_finish: Callable[[pytest.Config], Any]  # runs in a worker before it exits
+    merge: Callable[[pytest.Config, Any], None]  # runs here with what worker_finish returned
+
+
+class Controller:
+    def __init__(
+        self,
+        session: pytest.Session,
+        workers: int,
+        order: Sequence[int],
+        hooks: Hooks,
+        timeout: float | None = None,
+        groups: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        self.session = session
+        self.config = session.config
+        # Units of work: single items, or with --par-dist=scope whole modules/classes.
+        units = groups if groups is not None else [[index] for index in order]
+        self.wanted = max(1, min(workers, len(units)))
+        self.pending: deque[list[int]] = deque(list(unit) for unit in units)
+        self.hooks = hooks
+        self.timeout = timeout
+        self.workers: list[_Worker] = []
+        self.stopping = False
+        self.durations: dict[str, float] = {}
+
+    # -- main loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            for _ in range(self.wanted):
+                self._start_worker()
+            while self.workers:
+                self._dispatch()
+                ready = wait([w.results for w in self.workers], timeout=self._wait_time())
+                for worker in list(self.workers):
+                    if worker.results in ready:
+                        self._receive(worker)
+                self._enforce_timeout()
+        except BaseException:
+            self._kill_all()
+            raise
+
+    def _wait_time(self) -> float | None:
+        return None if self.timeout is None else min(1.0, self.timeout / 4)
+
+    def _dispatch(self) -> None:
+        if self.session.shouldfail or self.session.shouldstop:
+            self._stop_all()
+        for worker in self.workers:
+            if worker.ended:
+                continue
+            if not self.pending:
+                worker.commands.send((protocol.END,))
+                worker.ended = True
+                continue
+            target = self._target_queue_length()
+            if len(worker.assigned) <= target // 2:
+                batch: list[int] = []
+                while self.pending and len(batch) < target:
+                    batch.extend(self.pending.popleft())
+                worker.assigned.extend(batch)
+                worker.commands.send((protocol.RUN, batch))
+
+    def _target_queue_length(self) -> int:
+        # Big batches when much work is left (fewer messages), small ones near the end
+        # (no worker sits on a backlog while another is idle); at least 2, for nextitem.
+        share = len(self.pending) // (4 * max(1, len(self.workers)))
+        return max(2, min(MAX_BATCH, share))
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        self.pending.clear()
+        for worker in self.workers:
+            if not worker.ended:
+                worker.commands.send((protocol.STOP,))
+                worker.ended = True
+
+    # -- messages -------------------------------------------------------------
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.results.recv()
+        except (EOFError, OSError):
+            self._worker_gone(worker)
+            return
+        kind = message[0]
+        if kind == protocol.ITEM:
+            _, index, events = message
+            finished = worker.assigned.popleft()
+            assert finished == index, (finished, index)
+            worker.started = time.monotonic()
+            replay(self.config, events, self.durations)
+        elif kind == protocol.BYE:
+            worker.said_bye = True
+            self.hooks.merge(self.config, message[1])
+
+    # -- workers --------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        command_reader, command_writer = Pipe(duplex=False)
+        result_reader, result_writer = Pipe(duplex=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: keep only its own two ends
+            for other in self.workers:
+                other.commands.close()
+                other.results.close()
+            command_writer.close()
+            result_reader.close()
+            run_worker(self.session, command_reader, result_writer, self.hooks.worker_finish)
+        command_reader.close()
+        result_writer.close()
+        self.workers.append(_Worker(pid, command_writer, result_reader))
+
+    def _worker_gone(self, worker: _Worker) -> None:
+        self.workers.remove(worker)
+        worker.commands.close()
+        worker.results.close()
+        status = _reap(worker.pid)
+        if worker.said_bye and not worker.assigned:
+            return
+        if worker.assigned:
+            crashed = worker.assigned.popleft()
+            self._report_crash(crashed, worker, status)
+            self.pending.extendleft([index] for index in reversed(worker.assigned))
+        if self.pending and not self.stopping:
+            self._start_worker()
+
+    def _report_crash(self, index: int, worker: _Worker, status: int) -> None:
+        item = self.session.items[index]
+        elapsed = time.monotonic() - worker.started
+        if worker.timed_out:
+            limit = f"--par-timeout={self.timeout:g}"
+            why = f"timed out after {elapsed:.1f} s ({limit}); its worker was stopped"
+        else:
+            why = f"crashed: its worker process {_describe_exit(status)}"
+        report = pytest.TestReport(
+            nodeid=item.nodeid,
+            location=item.location,
+            keywords=dict.fromkeys(item.keywords, 1),
+            outcome="failed",
+            longrepr=f"{item.nodeid} {why}; a new worker took over the remaining tests",
+            when="call",
+            duration=elapsed,
+        )
+        replay(self.config, item_events(item, [report]), self.durations)
+
+    def _enforce_timeout(self) -> None:
+        if self.timeout is None:
+            return
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.assigned and not worker.timed_out and now - worker.started > self.timeout:
+                worker.timed_out = True
+                _kill(worker.pid)
+
+    def _kill_all(self) -> None:
+        for worker in self.workers:
+            _kill(worker.pid)
+        for worker in self.workers:
+            _reap(worker.pid)
+        self.workers.clear()
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> int:
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return 0
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"was killed by {name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"

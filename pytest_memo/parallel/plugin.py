@@ -1,0 +1,178 @@
+"""pytest hooks of the parallel runner: ``--par`` and its ``--par-*`` options."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from pytest_memo.parallel import schedule
+
+THREAD_LIMIT_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+DURATIONS_KEY = "pytest_memo/durations"
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return schedule.usable_cpus()
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise pytest.UsageError(f"--par takes a number of workers or 'auto', got {text!r}")
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("par", "parallel runner (pytest-memo)")
+    group.addoption(
+        "--par",
+        default=None,
+        metavar="N",
+        help="run tests on N workers ('auto': one per usable CPU; 0 or 1: serially)",
+    )
+    group.addoption(
+        "--par-mode",
+        default=None,
+        choices=("process", "thread"),
+        help="workers are forked processes (default) or threads of this process",
+    )
+    group.addoption(
+        "--par-dist",
+        default="load",
+        choices=("load", "scope"),
+        help="load: spread tests one by one (default); scope: keep each module and class "
+        "on one worker, so its fixtures are set up once",
+    )
+    group.addoption(
+        "--par-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a test that runs longer than SECONDS and replace its worker",
+    )
+    parser.addini("par", "default number of workers for --par", default="")
+    parser.addini("par_mode", "process or thread", default="process")
+    parser.addini(
+        "par_serial",
+        "in thread mode, tests (node id patterns) that must run alone",
+        type="linelist",
+    )
+
+
+def worker_count(config: pytest.Config) -> int:
+    text = config.getoption("par") or config.getini("par") or "0"
+    return _workers(str(text).strip())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # Cap the thread pools of numeric libraries before test code imports them: with N
+    # workers each using every core, the machine would be oversubscribed N times.
+    text = getattr(early_config.known_args_namespace, "par", None) or "0"
+    try:
+        workers = _workers(str(text))
+    except pytest.UsageError:
+        return  # reported properly in pytest_configure
+    if workers > 1:
+        threads = str(max(1, schedule.usable_cpus() // workers))
+        for variable in THREAD_LIMIT_VARIABLES:
+            os.environ.setdefault(variable, threads)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "serial: in --par thread mode, run this test alone")
+    workers = worker_count(config)
+    if workers <= 1:
+        return
+    if getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no":
+        raise pytest.UsageError(
+            "--par and pytest-xdist's -n/--dist both distribute tests: use one of them"
+        )
+    if config.getoption("usepdb", False) or config.getoption("trace", False):
+        config.option.par = "0"
+        config.issue_config_time_warning(
+            pytest.PytestWarning("--par: running serially, as --pdb and --trace need one process"),
+            stacklevel=2,
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    workers = worker_count(config)
+    if workers <= 1:
+        return None
+    return f"par: {workers} workers ({_mode(config)} mode)"
+
+
+def _mode(config: pytest.Config) -> str:
+    return str(config.getoption("par_mode") or config.getini("par_mode") or "process")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    config = session.config
+    workers = worker_count(config)
+    failed_collection = session.testsfailed and not config.option.continue_on_collection_errors
+    if workers <= 1 or failed_collection or config.option.collectonly or not session.items:
+        return None  # pytest's own loop reports collection errors and runs serially
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    durations = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
+    order = schedule.order(session.items, durations, keep_order=_order_is_given(config))
+    if _mode(config) == "thread":
+        from pytest_memo.parallel.threads import ThreadRunner
+
+        runner = ThreadRunner(session, workers, order)
+        runner.run()
+        _save_durations(config, durations, runner.durations)
+    else:
+        from pytest_memo.parallel.controller import Controller
+
+        groups = (
+            schedule.scope_groups(session.items, order)
+            if config.getoption("par_dist") == "scope"
+            else None
+        )
+        controller = Controller(
+            session,
+            workers,
+            order,
+            _memo_hooks(),
+            timeout=config.getoption("par_timeout"),
+            groups=groups,
+        )
+        controller.run()
+        _save_durations(config, durations, controller.durations)
+    if session.shouldfail:
+        raise session.Failed(session.shouldfail)
+    if session.shouldstop:
+        raise session.Interrupted(session.shouldstop)
+    return True
+
+
+def _order_is_given(config: pytest.Config) -> bool:
+    """--ff, --nf and --sw choose the order themselves; keep it."""
+    return any(
+        getattr(config.option, name, False) for name in ("failedfirst", "newfirst", "stepwise")
+    )
+
+
+def _memo_hooks() -> Any:
+    from pytest_memo.parallel.controller import Hooks
+    from pytest_memo.plugin import merge_worker_output, worker_output
+
+    return Hooks(worker_finish=worker_output, merge=merge_worker_output)
+
+
+def _save_durations(config: pytest.Config, old: dict[str, float], new: dict[str, float]) -> None:
+    cache = getattr(config, "cache", None)
+    if cache is not None and new:
+        cache.set(DURATIONS_KEY, {**old, **{k: round(v, 4) for k, v in new.items()}})

@@ -1,0 +1,75 @@
+"""Replaying, in the main process, what a test run elsewhere told its reporters.
+
+Events are tuples: ``("logstart", nodeid, location)``, ``("logreport", report)`` where
+the report is a TestReport or its serialized form, ``("logfinish", nodeid, location)``
+and ``("warning", message, category, filename, lineno, when, nodeid, location)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+__all__ = ["item_events", "replay"]
+
+
+def item_events(item: pytest.Item, reports: Sequence[pytest.TestReport]) -> list[tuple[Any, ...]]:
+    """The events serial pytest would emit for ``item`` with these reports."""
+    return [
+        ("logstart", item.nodeid, item.location),
+        *(("logreport", report) for report in reports),
+        ("logfinish", item.nodeid, item.location),
+    ]
+
+
+def replay(
+    config: pytest.Config, events: Sequence[tuple[Any, ...]], durations: dict[str, float]
+) -> None:
+    """Call the reporting hooks for ``events``; add each test's time to ``durations``."""
+    hook = config.hook
+    for event in events:
+        kind = event[0]
+        if kind == "logstart":
+            hook.pytest_runtest_logstart(nodeid=event[1], location=event[2])
+        elif kind == "logreport":
+            report = event[1]
+            if isinstance(report, dict):
+                report = hook.pytest_report_from_serializable(config=config, data=report)
+            durations[report.nodeid] = durations.get(report.nodeid, 0.0) + report.duration
+            hook.pytest_runtest_logreport(report=report)
+        elif kind == "logfinish":
+            hook.pytest_runtest_logfinish(nodeid=event[1], location=event[2])
+        elif kind == "warning":
+            _replay_warning(config, *event[1:])
+
+
+def _replay_warning(
+    config: pytest.Config,
+    message: str,
+    category: str,
+    filename: str,
+    lineno: int,
+    when: str,
+    nodeid: str,
+    location: Any,
+) -> None:
+    warning_class = _warning_category(category)
+    record = warnings.WarningMessage(warning_class(message), warning_class, filename, lineno)
+    config.hook.pytest_warning_recorded.call_historic(
+        kwargs={"warning_message": record, "when": when, "nodeid": nodeid, "location": location}
+    )
+
+
+def _warning_category(name: str) -> type[Warning]:
+    module, _, qualname = name.partition(":")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return UserWarning
+    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning

@@ -1,0 +1,80 @@
+"""Which tests go first, and which go together.  Pure functions of ids and durations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["order", "scope_groups", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: affinity, then a cgroup (container) CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(count, quota) if quota else count)
+
+
+def _cgroup_quota() -> int | None:
+    try:
+        limit, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    return max(1, int(limit) // int(period))
+
+
+def _module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _scope_of(nodeid: str) -> str:
+    """The module and class a test belongs to: ``a.py::Class`` or ``a.py``."""
+    parts = nodeid.split("::")
+    if len(parts) > 2:
+        return "::".join(parts[:-1])
+    return parts[0]
+
+
+def order(items: Sequence[Any], durations: Mapping[str, float], keep_order: bool) -> list[int]:
+    """Item indices, the slowest modules first (by durations recorded on earlier runs).
+
+    Within a module the collection order is kept, so module fixtures stay warm; with no
+    durations, or when the order was chosen by --ff/--nf/--sw, it is the collection order.
+    """
+    indices = list(range(len(items)))
+    if keep_order or not durations:
+        return indices
+    totals: dict[str, float] = {}
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        module = _module_of(item.nodeid)
+        totals[module] = totals.get(module, 0.0) + durations.get(item.nodeid, 0.0)
+        first_seen.setdefault(module, index)
+    return sorted(
+        indices,
+        key=lambda i: (
+            -totals[_module_of(items[i].nodeid)],
+            first_seen[_module_of(items[i].nodeid)],
+            i,
+        ),
+    )
+
+
+def scope_groups(items: Sequence[Any], ordered: Sequence[int]) -> list[list[int]]:
+    """Consecutive runs of ``ordered`` that share a module or class: one worker each."""
+    groups: list[list[int]] = []
+    by_scope: dict[str, list[int]] = {}
+    for index in ordered:
+        scope = _scope_of(items[index].nodeid)
+        if scope not in by_scope:
+            by_scope[scope] = []
+            groups.append(by_scope[scope])
+        by_scope[scope].append(index)
+    return groups

@@ -1,0 +1,294 @@
+"""Thread mode: tests run concurrently in threads of this process.
+
+pytest is not thread-safe, so this mode makes a few rules, documented in docs/parallel.md:
+
+- Test bodies run concurrently.  Fixture setup and teardown run one at a time (a lock),
+  so a session or module fixture is created once and shared.
+- Each thread has its own setup state.  Fixtures wider than a function are torn down at
+  the end of the run, once every thread is done, never while another thread may use them.
+- Output written through ``sys.stdout``/``sys.stderr`` is captured per thread and kept
+  with its test; output written straight to file descriptors is not captured.
+- Tests marked ``@pytest.mark.serial`` (or listed in the ``par_serial`` ini option) run
+  alone, while no other test runs.
+- Reports are replayed by the main thread, so reporters never run concurrently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import queue
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TextIO
+
+import pytest
+from _pytest.capture import MultiCapture
+from _pytest.runner import SetupState, call_and_report
+
+from pytest_memo.parallel.replay import item_events, replay
+
+__all__ = ["ThreadRunner"]
+
+_DONE = object()
+
+
+class _ParentsOnly:
+    """Stands for "the next item" at teardown: keep the item's parents set up."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._chain = item.listchain()[:-1]
+
+    def listchain(self) -> list[Any]:
+        return self._chain
+
+
+class _KeepWiderScopes(SetupState):
+    """A thread's setup state.  When the thread moves to another module or class, the
+    finalizers of the one it leaves are kept for the end of the run instead of being run:
+    other threads may still be using its fixtures."""
+
+    def __init__(self, deferred: list[Callable[[], object]], lock: threading.Lock) -> None:
+        super().__init__()
+        self._deferred = deferred
+        self._deferred_lock = lock
+
+    def setup(self, item: pytest.Item) -> None:
+        needed = item.listchain()
+        while self.stack and list(self.stack) != needed[: len(self.stack)]:
+            _, (finalizers, _) = self.stack.popitem()
+            with self._deferred_lock:
+                self._deferred.extend(finalizers)
+        super().setup(item)
+
+
+class _PerThread:
+    """Put in place of ``session._setupstate``: each thread sees its own."""
+
+    def __init__(self, main: SetupState, factory: Callable[[], SetupState]) -> None:
+        self._main = main
+        self._factory = factory
+        self._local = threading.local()
+        self.states: list[SetupState] = []
+
+    def current(self) -> SetupState:
+        if threading.current_thread() is threading.main_thread():
+            return self._main
+        state: SetupState | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = self._factory()
+            self.states.append(state)
+        return state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current(), name)
+
+
+class _ThreadStreams:
+    """``sys.stdout``/``sys.stderr`` stand-ins writing to the current thread's buffer."""
+
+    def __init__(self, original: TextIO, local: threading.local, name: str) -> None:
+        self._original = original
+        self._local = local
+        self._name = name
+
+    def write(self, text: str) -> int:
+        buffer: io.StringIO | None = getattr(self._local, self._name, None)
+        return (buffer if buffer is not None else self._original).write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class _ThreadCapture:
+    """Per-thread capture of sys.stdout/sys.stderr, attached to the reports as pytest does."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        return (yield from self._capture(item, "setup"))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        return (yield from self._capture(item, "call"))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        return (yield from self._capture(item, "teardown"))
+
+    def _capture(self, item: pytest.Item, when: str) -> Generator[None, None, None]:
+        if threading.current_thread() is threading.main_thread():
+            return (yield)
+        self.local.out, self.local.err = io.StringIO(), io.StringIO()
+        try:
+            return (yield)
+        finally:
+            item.add_report_section(when, "stdout", self.local.out.getvalue())
+            item.add_report_section(when, "stderr", self.local.err.getvalue())
+            self.local.out = self.local.err = None
+
+
+class _Gate:
+    """Many ordinary tests at once, or one serial test alone."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._running = 0
+        self._exclusive = False
+
+    def enter(self, alone: bool) -> None:
+        with self._condition:
+            if alone:
+                self._condition.wait_for(lambda: not self._exclusive and self._running == 0)
+                self._exclusive = True
+            else:
+                self._condition.wait_for(lambda: not self._exclusive)
+            self._running += 1
+
+    def leave(self, alone: bool) -> None:
+        with self._condition:
+            self._running -= 1
+            if alone:
+                self._exclusive = False
+            self._condition.notify_all()
+
+
+class ThreadRunner:
+    def __init__(self, session: pytest.Session, workers: int, order: Sequence[int]) -> None:
+        self.session = session
+        self.config = session.config
+        self.workers = max(1, min(workers, len(order)))
+        self.pending: deque[int] = deque(order)
+        self.pending_lock = threading.Lock()
+        self.fixture_lock = threading.RLock()
+        self.gate = _Gate()
+        self.results: queue.Queue[Any] = queue.Queue()
+        self.stop = threading.Event()
+        self.durations: dict[str, float] = {}
+        patterns = self.config.getini("par_serial")
+        self.serial_patterns: list[str] = list(patterns)
+
+    def run(self) -> None:
+        deferred: list[Callable[[], object]] = []
+        deferred_lock = threading.Lock()
+        original_state = self.session._setupstate
+        states = _PerThread(original_state, lambda: _KeepWiderScopes(deferred, deferred_lock))
+        self.session._setupstate = states  # type: ignore[assignment]
+        restore_capture = self._install_capture()
+        threads = [
+            threading.Thread(target=self._work, name=f"pytest-par-{n}", daemon=True)
+            for n in range(self.workers)
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+            self._report(len(threads))
+        except BaseException:
+            self.stop.set()
+            raise
+        finally:
+            for thread in threads:
+                thread.join()
+            restore_capture()
+            self.session._setupstate = original_state
+            self._teardown(states.states, deferred)
+
+    # -- the main thread ------------------------------------------------------
+
+    def _report(self, running: int) -> None:
+        while running:
+            message = self.results.get()
+            if message is _DONE:
+                running -= 1
+                continue
+            replay(self.config, message, self.durations)
+            if self.session.shouldfail or self.session.shouldstop:
+                self.stop.set()
+
+    def _teardown(self, states: list[SetupState], deferred: list[Callable[[], object]]) -> None:
+        """Finalize the shared fixtures, now that no thread uses them; errors fail the run."""
+        errors = []
+        for finalizer in [
+            *(lambda s=state: s.teardown_exact(None) for state in states),
+            *reversed(deferred),
+        ]:
+            try:
+                finalizer()
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            self.session.testsfailed += 1
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            for problem in errors:
+                message = f"error while tearing down shared fixtures: {problem!r}"
+                if reporter is not None:
+                    reporter.write_line(message, red=True)
+
+    def _install_capture(self) -> Callable[[], None]:
+        capture_manager = self.config.pluginmanager.get_plugin("capturemanager")
+        if capture_manager is None or not capture_manager.is_globally_capturing():
+            return lambda: None  # -s: output goes straight to the terminal
+        # pytest's own capture swaps process-wide streams around each test: give it
+        # nothing to capture, and capture per thread instead.
+        capture_manager.stop_global_capturing()
+        capture_manager._global_capturing = MultiCapture(in_=None, out=None, err=None)
+        capture = _ThreadCapture()
+        self.config.pluginmanager.register(capture, "pytest_memo.parallel.thread_capture")
+        streams = sys.stdout, sys.stderr
+        sys.stdout = _ThreadStreams(streams[0], capture.local, "out")
+        sys.stderr = _ThreadStreams(streams[1], capture.local, "err")
+
+        def restore() -> None:
+            sys.stdout, sys.stderr = streams
+            self.config.pluginmanager.unregister(capture)
+            capture_manager._global_capturing = None
+            capture_manager.start_global_capturing()
+            capture_manager.suspend_global_capture()
+
+        return restore
+
+    # -- worker threads -------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            while not self.stop.is_set():
+                with self.pending_lock:
+                    if not self.pending:
+                        return
+                    index = self.pending.popleft()
+                item = self.session.items[index]
+                alone = self._is_serial(item)
+                self.gate.enter(alone)
+                try:
+                    reports = self._run_item(item)
+                finally:
+                    self.gate.leave(alone)
+                self.results.put(item_events(item, reports))
+        finally:
+            self.results.put(_DONE)
+
+    def _is_serial(self, item: pytest.Item) -> bool:
+        if item.get_closest_marker("serial") is not None:
+            return True
+        return any(fnmatch.fnmatch(item.nodeid, pattern) for pattern in self.serial_patterns)
+
+    def _run_item(self, item: pytest.Item) -> list[pytest.TestReport]:
+        has_request = hasattr(item, "_request")
+        try:
+            with self.fixture_lock:
+                reports = [call_and_report(item, "setup", log=False)]
+            if reports[0].passed and not item.config.getoption("setuponly", False):
+                reports.append(call_and_report(item, "call", log=False))
+            with self.fixture_lock:
+                reports.append(
+                    call_and_report(item, "teardown", log=False, nextitem=_ParentsOnly(item))
+                )
+        finally:
+            if has_request:  # as pytest does: let the test's fixture values go
+                item._request = False  # type: ignore[attr-defined]
+                item.funcargs = None  # type: ignore[attr-defined]
+        return reports

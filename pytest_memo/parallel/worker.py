@@ -1,0 +1,137 @@
+"""The worker side: a forked copy of the collected session that runs the items it is sent.
+
+A worker runs pytest's own ``pytest_runtest_protocol`` for each item and sends back, per
+item, the serialized reports and warnings that its hooks produced; the controller
+replays them through the hooks of the main process.  Nothing is printed here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+import warnings
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+import pytest
+
+# Messages, controller -> worker
+RUN = "run"  # ("run", [item indices]): append to the queue
+END = "end"  # no more work: run the queue, tear everything down, say goodbye
+STOP = "stop"  # stop as soon as the current item is done (-x, --maxfail)
+# Messages, worker -> controller
+ITEM = "item"  # ("item", index, [events]) once an item's protocol has finished
+BYE = "bye"  # ("bye", extra) before exiting normally
+
+# Plugins whose work belongs to the main process only: they print or write files.
+MAIN_ONLY_PLUGINS = ("terminalreporter", "junitxml", "resultlog", "pastebin")
+
+
+class _EventRecorder:
+    """Collects, for the item being run, what serial pytest would send to reporters."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.events: list[tuple[Any, ...]] = []
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.events.append(("logstart", nodeid, location))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
+        self.events.append(("logreport", data))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.events.append(("logfinish", nodeid, location))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_warning_recorded(
+        self, warning_message: warnings.WarningMessage, when: str, nodeid: str, location: Any
+    ) -> None:
+        category = warning_message.category
+        self.events.append(
+            (
+                "warning",
+                str(warning_message.message),
+                f"{category.__module__}:{category.__qualname__}",
+                warning_message.filename,
+                warning_message.lineno,
+                when,
+                nodeid,
+                location,
+            )
+        )
+
+    def take(self) -> list[tuple[Any, ...]]:
+        events, self.events = self.events, []
+        return events
+
+
+def run_worker(
+    session: pytest.Session, commands: Connection, results: Connection, finish: Any
+) -> None:
+    """Entry point in the forked child; never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller handles Ctrl-C
+        config = session.config
+        for name in MAIN_ONLY_PLUGINS:
+            plugin = config.pluginmanager.get_plugin(name)
+            if plugin is not None:
+                config.pluginmanager.unregister(plugin)
+        _fresh_capture(config)
+        recorder = _EventRecorder(config)
+        config.pluginmanager.register(recorder, "pytest_memo.parallel.recorder")
+        _loop(session, commands, results, recorder)
+        results.send((BYE, finish(config)))
+    except BaseException:  # say what broke, then leave without running the parent's cleanup
+        code = 70
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _fresh_capture(config: pytest.Config) -> None:
+    """Give this worker its own capture files: the inherited ones are shared with the
+    main process and every other worker, and would mix their output."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is not None and capture.is_globally_capturing():
+        capture.stop_global_capturing()
+        capture.start_global_capturing()
+        capture.suspend_global_capture()
+
+
+def _loop(
+    session: pytest.Session, commands: Connection, results: Connection, recorder: _EventRecorder
+) -> None:
+    items = session.items
+    queue: deque[int] = deque()
+    ended = False
+    while True:
+        # pytest needs the next item to know which fixtures to keep: run an item only once
+        # the one after it is known, or once no more work will come.
+        while not ended and (len(queue) < 2 or commands.poll()):
+            command, *arguments = commands.recv()
+            if command == RUN:
+                queue.extend(arguments[0])
+            elif command == END:
+                ended = True
+            elif command == STOP:
+                queue.clear()
+                ended = True
+        if not queue:
+            break
+        index = queue.popleft()
+        nextitem = items[queue[0]] if queue else None
+        items[index].config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
+        results.send((ITEM, index, recorder.take()))
+    # After a stop, fixtures of wider scopes may still be set up: finalize them.
+    session._setupstate.teardown_exact(None)
