@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections import deque
@@ -26,6 +27,7 @@ import pytest
 
 from pytest_memo.parallel import worker as protocol
 from pytest_memo.parallel.replay import item_events, replay
+from pytest_memo.parallel.spawn import SpawnedWorkers
 from pytest_memo.parallel.worker import run_worker
 
 __all__ = ["Controller"]
@@ -43,6 +45,27 @@ class _Worker:
     ended: bool = False  # END or STOP sent
     said_bye: bool = False
     timed_out: bool = False
+    process: subprocess.Popen[bytes] | None = None  # spawned, not forked
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            return
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(self.pid, signal.SIGKILL)
+
+    def reap(self) -> str:
+        """Wait for the process to end; say how it ended."""
+        if self.process is not None:
+            code = self.process.wait()
+            return _describe_exit(signal_number=max(-code, 0), code=max(code, 0))
+        try:
+            status = os.waitpid(self.pid, 0)[1]
+        except ChildProcessError:
+            return "ended"
+        if os.WIFSIGNALED(status):
+            return _describe_exit(signal_number=os.WTERMSIG(status), code=0)
+        return _describe_exit(signal_number=0, code=os.WEXITSTATUS(status))
 
 
 @dataclass
@@ -62,6 +85,7 @@ class Controller:
         hooks: Hooks,
         timeout: float | None = None,
         groups: Sequence[Sequence[int]] | None = None,
+        spawn: bool = False,
     ) -> None:
         self.session = session
         self.config = session.config
@@ -74,13 +98,13 @@ class Controller:
         self.workers: list[_Worker] = []
         self.stopping = False
         self.durations: dict[str, float] = {}
+        self.spawner = SpawnedWorkers(session.config, session.items) if spawn else None
 
     # -- main loop ------------------------------------------------------------
 
     def run(self) -> None:
         try:
-            for _ in range(self.wanted):
-                self._start_worker()
+            self._start_workers(self.wanted)
             while self.workers:
                 self._dispatch()
                 ready = wait([w.results for w in self.workers], timeout=self._wait_time())
@@ -91,6 +115,9 @@ class Controller:
         except BaseException:
             self._kill_all()
             raise
+        finally:
+            if self.spawner is not None:
+                self.spawner.close()
 
     def _wait_time(self) -> float | None:
         return None if self.timeout is None else min(1.0, self.timeout / 4)
@@ -148,7 +175,15 @@ class Controller:
 
     # -- workers --------------------------------------------------------------
 
-    def _start_worker(self) -> None:
+    def _start_workers(self, count: int) -> None:
+        if self.spawner is None:
+            for _ in range(count):
+                self._fork_worker()
+            return
+        for process, connection in self.spawner.start(count):
+            self.workers.append(_Worker(process.pid, connection, connection, process=process))
+
+    def _fork_worker(self) -> None:
         command_reader, command_writer = Pipe(duplex=False)
         result_reader, result_writer = Pipe(duplex=False)
         sys.stdout.flush()
@@ -169,7 +204,7 @@ class Controller:
         self.workers.remove(worker)
         worker.commands.close()
         worker.results.close()
-        status = _reap(worker.pid)
+        status = worker.reap()
         if worker.said_bye and not worker.assigned:
             return
         if worker.assigned:
@@ -177,16 +212,16 @@ class Controller:
             self._report_crash(crashed, worker, status)
             self.pending.extendleft([index] for index in reversed(worker.assigned))
         if self.pending and not self.stopping:
-            self._start_worker()
+            self._start_workers(1)
 
-    def _report_crash(self, index: int, worker: _Worker, status: int) -> None:
+    def _report_crash(self, index: int, worker: _Worker, status: str) -> None:
         item = self.session.items[index]
         elapsed = time.monotonic() - worker.started
         if worker.timed_out:
             limit = f"--par-timeout={self.timeout:g}"
             why = f"timed out after {elapsed:.1f} s ({limit}); its worker was stopped"
         else:
-            why = f"crashed: its worker process {_describe_exit(status)}"
+            why = f"crashed: its worker process {status}"
         report = pytest.TestReport(
             nodeid=item.nodeid,
             location=item.location,
@@ -205,34 +240,21 @@ class Controller:
         for worker in self.workers:
             if worker.assigned and not worker.timed_out and now - worker.started > self.timeout:
                 worker.timed_out = True
-                _kill(worker.pid)
+                worker.kill()
 
     def _kill_all(self) -> None:
         for worker in self.workers:
-            _kill(worker.pid)
+            worker.kill()
         for worker in self.workers:
-            _reap(worker.pid)
+            worker.reap()
         self.workers.clear()
 
 
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.kill(pid, signal.SIGKILL)
-
-
-def _reap(pid: int) -> int:
-    try:
-        return os.waitpid(pid, 0)[1]
-    except ChildProcessError:
-        return 0
-
-
-def _describe_exit(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
+def _describe_exit(signal_number: int, code: int) -> str:
+    if signal_number:
         try:
-            name = signal.Signals(number).name
+            name = signal.Signals(signal_number).name
         except ValueError:
-            name = f"signal {number}"
+            name = f"signal {signal_number}"
         return f"was killed by {name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"
+    return f"exited with code {code}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
 
-from pytest_memo.parallel import schedule
+from pytest_memo.parallel import schedule, spawn
 
 THREAD_LIMIT_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -52,6 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("load", "scope"),
         help="load: spread tests one by one (default); scope: keep each module and class "
         "on one worker, so its fixtures are set up once",
+    )
+    group.addoption(
+        "--par-start",
+        default="auto",
+        choices=("auto", "fork", "spawn"),
+        help="how process workers start: fork (Linux default: no re-collection) or spawn "
+        "(new interpreters that collect again; the default where fork is unavailable)",
     )
     group.addoption(
         "--par-timeout",
@@ -120,6 +128,8 @@ def _mode(config: pytest.Config) -> str:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     config = session.config
+    if spawn.serve_if_spawned(session, _memo_hooks().worker_finish):
+        return True  # not reached: a spawned worker exits when the controller is done
     workers = worker_count(config)
     failed_collection = session.testsfailed and not config.option.continue_on_collection_errors
     if workers <= 1 or failed_collection or config.option.collectonly or not session.items:
@@ -148,6 +158,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             _memo_hooks(),
             timeout=config.getoption("par_timeout"),
             groups=groups,
+            spawn=_use_spawn(config),
         )
         controller.run()
         _save_durations(config, durations, controller.durations)
@@ -156,6 +167,13 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     if session.shouldstop:
         raise session.Interrupted(session.shouldstop)
     return True
+
+
+def _use_spawn(config: pytest.Config) -> bool:
+    start = config.getoption("par_start")
+    if start == "auto":
+        return not hasattr(os, "fork") or sys.platform == "darwin"
+    return bool(start == "spawn")
 
 
 def _order_is_given(config: pytest.Config) -> bool:

@@ -1,0 +1,107 @@
+"""Workers started as new interpreters, where ``fork`` is not available or not safe.
+
+A spawned worker is pytest run again with the same arguments: it collects the suite
+itself, proves it collected the same test ids as the main process (a digest of the
+ids), then serves the controller over a local, authenticated connection exactly as a
+forked worker does over its pipes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import select
+import subprocess
+import sys
+from collections.abc import Sequence
+from multiprocessing.connection import Client, Connection, Listener
+from typing import Any
+
+import pytest
+
+__all__ = ["SpawnedWorkers", "collected_digest", "serve_if_spawned"]
+
+ADDRESS_VARIABLE = "PYTEST_MEMO_PAR_CONTROLLER"
+KEY_VARIABLE = "PYTEST_MEMO_PAR_KEY"
+
+
+def collected_digest(items: Sequence[pytest.Item]) -> str:
+    return hashlib.sha256("\n".join(item.nodeid for item in items).encode()).hexdigest()
+
+
+class SpawnedWorkers:
+    """Starts worker interpreters and accepts their connections."""
+
+    def __init__(self, config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+        self._key = secrets.token_bytes(32)
+        self._listener = Listener(("127.0.0.1", 0), authkey=self._key)
+        self._digest = collected_digest(items)
+        address = self._listener.address
+        self._environment = {
+            **os.environ,
+            ADDRESS_VARIABLE: f"{address[0]}:{address[1]}",
+            KEY_VARIABLE: self._key.hex(),
+        }
+        # The same run, serially: it only collects and then serves.
+        self._command = [sys.executable, "-m", "pytest", *config.invocation_params.args, "--par=0"]
+        self._directory = config.invocation_params.dir
+        # Its own header and collection lines would repeat the main process's; with -s,
+        # tests print straight to the terminal, so then it keeps the terminal.
+        capturing = config.getoption("capture") != "no"
+        self._output = subprocess.DEVNULL if capturing else None
+
+    def start(self, count: int) -> list[tuple[subprocess.Popen[bytes], Connection]]:
+        processes = [
+            subprocess.Popen(
+                self._command, cwd=self._directory, env=self._environment, stdout=self._output
+            )
+            for _ in range(count)
+        ]
+        by_pid = {process.pid: process for process in processes}
+        started = []
+        for _ in processes:
+            self._wait_for_connection(processes)
+            connection = self._listener.accept()
+            _, pid, digest = connection.recv()
+            if digest != self._digest:
+                for process in processes:
+                    process.kill()
+                raise pytest.UsageError(
+                    "--par: a spawned worker collected other tests than the main process; "
+                    "collection must give the same test ids every time (check for random or "
+                    "time-dependent parametrization)"
+                )
+            started.append((by_pid[pid], connection))
+        return started
+
+    def _wait_for_connection(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        """Block until a worker connects; fail clearly if one exits first."""
+        listening = self._listener._listener._socket  # type: ignore[attr-defined]
+        while not select.select([listening], [], [], 0.2)[0]:
+            for process in processes:
+                if process.poll() is not None:
+                    for other in processes:
+                        other.kill()
+                    raise pytest.UsageError(
+                        f"--par: a spawned worker exited with code {process.returncode} before "
+                        f"it could start; run the same command with --par=0 to see why"
+                    )
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def serve_if_spawned(session: pytest.Session, finish: Any) -> bool:
+    """In a spawned worker: connect, prove the collection, serve until told to stop."""
+    address = os.environ.pop(ADDRESS_VARIABLE, None)
+    key = os.environ.pop(KEY_VARIABLE, None)
+    if address is None or key is None:
+        return False
+    host, _, port = address.rpartition(":")
+    connection = Client((host, int(port)), authkey=bytes.fromhex(key))
+    connection.send(("hello", os.getpid(), collected_digest(session.items)))
+    from pytest_memo.parallel.worker import run_worker
+
+    run_worker(session, connection, connection, finish)  # never returns
+    return True
