@@ -71,10 +71,28 @@ class FixtureMemo:
         self.fingerprints = CodeFingerprints(settings.rootdir)
         self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
         self._store_broken = False
+        self._store_prepared = False
 
     @property
     def store(self) -> Store | None:
         return None if self._store_broken else self.settings.store
+
+    def store_unusable(self) -> None:
+        """The store cannot be used and that was already reported: compute normally."""
+        self._store_broken = True
+
+    def _prepared_store(self) -> Store | None:
+        # Checked once per process before the first lookup, so that a store that cannot
+        # be created gives one warning, not one per failing read, lock and write.
+        store = self.store
+        if store is not None and not self._store_prepared:
+            self._store_prepared = True
+            try:
+                store.prepare()
+            except OSError as error:
+                self._broken(error)
+                return None
+        return store
 
     def options_for(self, fixturedef: Any) -> MemoOptions | None:
         if self.settings.store is None:
@@ -92,7 +110,7 @@ class FixtureMemo:
         _refuse_unsupported(fixturedef)
         key, slot = self._key(fixturedef, request, options)
         self._keys[fixturedef] = key
-        store, stats = self.store, self.stats.of(fixturedef.argname)
+        store, stats = self._prepared_store(), self.stats.of(fixturedef.argname)
         if store is None:
             return (yield)
         entry = self._lookup(store, key, fixturedef, options)
@@ -218,11 +236,14 @@ class FixtureMemo:
         try:
             return hash(request.param)
         except UnhashableError as error:
-            pytest.fail(
-                f"pytest-memo: the parameter of fixture {fixturedef.argname!r} cannot be hashed "
-                f"({error}); use parameters that are plain data",
-                pytrace=False,
-            )
+            problem = str(error)
+        # Failing outside the except clause: the report shows our message alone, not a
+        # "During handling of the above exception" chain behind it.
+        pytest.fail(
+            f"pytest-memo: the parameter of fixture {fixturedef.argname!r} cannot be hashed "
+            f"({problem}); use parameters that are plain data",
+            pytrace=False,
+        )
 
     def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
         dependency = request._get_active_fixturedef(name)
@@ -242,11 +263,12 @@ class FixtureMemo:
         try:
             return ("value", hash(request.getfixturevalue(name)))
         except UnhashableError as error:
-            pytest.fail(
-                f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, whose value "
-                f"cannot be hashed into its key ({error}): {hint}",
-                pytrace=False,
-            )
+            problem = str(error)
+        pytest.fail(  # outside the except clause, as in _param
+            f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, whose value "
+            f"cannot be hashed into its key ({problem}): {hint}",
+            pytrace=False,
+        )
 
     def _source(self, function: Any) -> str:
         try:

@@ -113,6 +113,8 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     )
     memory.use_store(store, config.rootpath, off=store is None)
+    if getattr(config, "workerinput", {}).get("pytest_memo_unusable"):
+        config.stash[MEMO].store_unusable()  # the main process has warned about it
     if store is not None and not _is_worker(config):
         _prepare(config, store)
 
@@ -122,12 +124,27 @@ def _prepare(config: pytest.Config, store: Store) -> None:
     try:
         store.prepare()
         if clear is not None:
-            store.clear(None if clear == CLEAR_ALL else clear)
+            removed = store.clear(None if clear == CLEAR_ALL else clear)
+            # ``--memo-clear tests/`` takes the path as a fixture name (the option's value
+            # is optional) and the run would go on without it: refuse rather than run
+            # other tests with nothing cleared.
+            if (
+                clear != CLEAR_ALL
+                and not removed
+                and (config.invocation_params.dir / clear).exists()
+            ):
+                raise pytest.UsageError(
+                    f"--memo-clear took {clear!r} as the name of a fixture, but it is a path "
+                    "and no fixture of that name has stored values: put --memo-clear after "
+                    "the paths to clear every fixture, or write --memo-clear=FIXTURE"
+                )
     except OSError as error:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"pytest-memo: cannot use the store in {store.root}: {error}"),
             stacklevel=2,
         )
+        # One warning per run: fixtures (and xdist workers) compute without trying again.
+        config.stash[MEMO].store_unusable()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -196,6 +213,7 @@ def pytest_configure_node(node: Any) -> None:
     memo = node.config.stash.get(MEMO, None)
     if memo is not None:
         node.workerinput["pytest_memo_started"] = memo.settings.run_started
+        node.workerinput["pytest_memo_unusable"] = memo.store is None
 
 
 @pytest.hookimpl(optionalhook=True)
