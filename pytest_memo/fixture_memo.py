@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pytest_memo.errors import CorruptFileError
-from pytest_memo.hashing import UnhashableError, hash
+from pytest_memo.hashing import UnhashableError, global_names, hash
 from pytest_memo.keys import CodeFingerprints, combine, files_digest
 from pytest_memo.marker import MemoOptions, options_of
 from pytest_memo.stats import RunStats
@@ -206,8 +206,12 @@ class FixtureMemo:
 
     def _key(self, fixturedef: Any, request: Any, options: MemoOptions) -> tuple[str, str]:
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
-        identity = f"{function.__module__}:{function.__qualname__}"
+        # The source file (relative to the rootdir) tells apart same-named conftest modules.
+        identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
         param = self._param(fixturedef, request)
+        if "request" in fixturedef.argnames and _reads_requesting_test(function):
+            # request.node, request.function, ...: the value depends on the requesting test.
+            param = hash((param, request.node.nodeid))
         dependencies = {
             name: self._dependency(fixturedef, request, name)
             for name in fixturedef.argnames
@@ -292,19 +296,41 @@ def _serve(fixturedef: Any, value: Any) -> Generator[None, Any, Any]:
         fixturedef.func = original
 
 
+# Attributes of ``request`` that describe the requesting test rather than the fixture.
+REQUESTING_TEST_ATTRIBUTES = frozenset(
+    {
+        "node",
+        "function",
+        "cls",
+        "instance",
+        "module",
+        "path",
+        "fspath",
+        "keywords",
+        "getfixturevalue",
+        "applymarker",
+        "_pyfuncitem",
+    }
+)
+
+
+def _reads_requesting_test(function: Any) -> bool:
+    return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(global_names(function.__code__))
+
+
 def _refuse_unsupported(fixturedef: Any) -> None:
     function = fixturedef.func
-    kind = None
+    reason = None
     if inspect.isgeneratorfunction(function):
-        kind = "a yield fixture"
+        reason = "is a yield fixture, and its teardown cannot be replayed from the store"
     elif inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
-        kind = "an async fixture"
-    if kind is not None:
+        reason = "is an async fixture, whose value only exists inside an event loop"
+    if reason is not None:
         pytest.fail(
-            f"pytest-memo: fixture {fixturedef.argname!r} is {kind}, and its teardown cannot be "
-            "replayed from the store. Move the expensive part into its own fixture that "
-            "returns the data and mark that one with @pytest.mark.memo; keep this fixture "
-            "unmemoized, taking the data as an argument.",
+            f"pytest-memo: fixture {fixturedef.argname!r} {reason}. Move the expensive part "
+            "into its own (plain, synchronous) fixture that returns the data and mark that "
+            "one with @pytest.mark.memo; keep this fixture unmemoized, taking the data as "
+            "an argument.",
             pytrace=False,
         )
 

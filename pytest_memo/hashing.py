@@ -49,7 +49,7 @@ def code_hash(func: types.FunctionType) -> str:
     """Digest of what a function does: bytecode, names and constants, without its docstring,
     file name or line numbers (so comments, formatting and moving it do not count)."""
     hasher = _ContentHasher()
-    hasher._code(func.__code__, func.__doc__)
+    hasher._code(func.__code__, func.__doc__, function=True)
     return hasher.hexdigest()
 
 
@@ -244,18 +244,20 @@ class _ContentHasher:
     def _function(self, func: types.FunctionType) -> None:
         """A function that cannot be imported by name (lambda, closure): hash what it does."""
         self._emit_sized(b"L", func.__qualname__.encode())
-        self._code(func.__code__, func.__doc__)
+        self._code(func.__code__, func.__doc__, function=True)
         self.update(func.__defaults__)
         self.update(func.__kwdefaults__)
         self.update([cell.cell_contents for cell in func.__closure__ or ()])
         names = global_names(func.__code__)
         self.update({name: func.__globals__[name] for name in names if name in func.__globals__})
 
-    def _code(self, code: types.CodeType, doc: str | None = None) -> None:
+    def _code(self, code: types.CodeType, doc: str | None = None, function: bool = False) -> None:
         # Bytecode and names, never file names or line numbers: formatting and comments
         # do not change the digest, moving a function does not either.
         consts = code.co_consts
-        if doc is not None and consts and consts[0] == doc:
+        # A function's first constant is its docstring, or None when it has none (before
+        # Python 3.14): leave it out, so adding or removing a docstring does not count.
+        if function and consts and (consts[0] == doc or consts[0] is None):
             consts = consts[1:]
         self._emit_sized(b"K", code.co_code)
         self.update(

@@ -98,6 +98,7 @@ class Store:
         self._local = threading.local()
         self._pending_hits: dict[str, int] = {}
         self._pending_lock = threading.Lock()
+        self._verified: set[tuple[str, int, int]] = set()
 
     # -- paths ----------------------------------------------------------------
 
@@ -127,12 +128,23 @@ class Store:
         """
         path = self.entry_path(key)
         try:
-            info, value = load(path, mmap_mode="r" if mmap else None)
+            # Memory-mapped data is not checked by load (that would read it all), so check
+            # each file once per process: later hits cost nothing, none serves damage.
+            verify = mmap and self._first_mapping(path)
+            info, value = load(path, mmap_mode="r" if mmap else None, verify=verify or None)
         except FileNotFoundError:
             return None
         if not isinstance(info, dict):
             raise CorruptFileError(f"{path}: not a pytest-memo store entry")
         return Entry(key, EntryInfo(**info), value)
+
+    def _first_mapping(self, path: Path) -> bool:
+        status = path.stat()
+        seen = (str(path), status.st_mtime_ns, status.st_ino)
+        with self._pending_lock:
+            first = seen not in self._verified
+            self._verified.add(seen)
+        return first
 
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
         """Store ``value`` atomically; returns its size on disk."""
