@@ -9,16 +9,19 @@ that can be pickled can be hashed.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import struct
 import sys
 import types
 from collections.abc import Callable, Iterable
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import xxhash
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["UnhashableError", "code_hash", "hash"]
 
@@ -125,12 +128,8 @@ class _ContentHasher:
         kind = type(obj)
         if kind in _CONTAINERS:
             _CONTAINERS[kind](self, obj)
-        elif isinstance(obj, np.ndarray) and kind in (np.ndarray, np.memmap):
-            self._array(b"a", obj)
-        elif isinstance(obj, np.generic):
-            self._array(b"g", np.asarray(obj))
-        elif isinstance(obj, np.dtype):
-            self._emit_sized(b"d", _dtype_text(obj).encode())
+        elif kind.__module__.startswith("numpy") and self._numpy(obj):
+            return
         elif isinstance(obj, type | types.FunctionType | types.BuiltinFunctionType):
             self._callable(obj)
         elif isinstance(obj, types.ModuleType):
@@ -193,7 +192,7 @@ class _ContentHasher:
     def _strings(self, obj: list[str]) -> None:
         # A list of strings is fully described by the code-point lengths and the joined text;
         # encoding it in two bulk operations is much faster than item by item.
-        lengths = np.fromiter(map(len, obj), dtype=np.int64, count=len(obj))
+        lengths = array.array("q", map(len, obj))
         self._emit(b"S" + _pack_q(len(obj)))
         self._emit_buffer(lengths)
         self._str("".join(obj))
@@ -218,6 +217,20 @@ class _ContentHasher:
 
     # -- arrays ---------------------------------------------------------------
 
+    def _numpy(self, obj: Any) -> bool:
+        """Arrays, scalars and dtypes by content; False for other numpy objects."""
+        import numpy  # already imported by whoever made ``obj``
+
+        if isinstance(obj, numpy.ndarray) and type(obj) in (numpy.ndarray, numpy.memmap):
+            self._array(b"a", obj)
+        elif isinstance(obj, numpy.generic):
+            self._array(b"g", numpy.asarray(obj))
+        elif isinstance(obj, numpy.dtype):
+            self._emit_sized(b"d", _dtype_text(obj).encode())
+        else:
+            return False
+        return True
+
     def _array(self, tag: bytes, array: np.ndarray[Any, Any]) -> None:
         header = f"{_dtype_text(array.dtype)}|{array.shape}".encode()
         self._emit_sized(tag, header)
@@ -225,8 +238,8 @@ class _ContentHasher:
             self._sequence(b"[", array.ravel(order="C").tolist())
             return
         # Equal values hash equal whatever the memory layout (Fortran order, strides, memmap).
-        contiguous = np.ascontiguousarray(array)
-        self._emit_buffer(contiguous.reshape(-1).view(np.uint8) if contiguous.size else b"")
+        contiguous = array if array.flags.c_contiguous else array.copy(order="C")
+        self._emit_buffer(contiguous.reshape(-1).view("u1") if contiguous.size else b"")
 
     # -- code and objects -----------------------------------------------------
 

@@ -19,7 +19,6 @@ from typing import Any
 import xxhash
 
 from pytest_memo.hashing import UnhashableError, code_hash, global_names, hash
-from pytest_memo.serialize import FORMAT_VERSION
 
 __all__ = ["CodeFingerprints", "combine", "files_digest"]
 
@@ -28,6 +27,8 @@ PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 def combine(**parts: Any) -> str:
     """The key for a set of named, already reduced parts (strings, numbers, tuples)."""
+    from pytest_memo.serialize import FORMAT_VERSION  # here: it imports numpy
+
     return hash({"python": PYTHON, "format": FORMAT_VERSION, **parts})
 
 

@@ -15,8 +15,6 @@ from typing import Any
 
 from _pytest.mark.structures import MARK_GEN, Mark, MarkDecorator
 
-from pytest_memo import codecs
-
 __all__ = ["MemoOptions", "memo", "options_of"]
 
 OPTIONS_ATTRIBUTE = "__pytest_memo__"
@@ -41,6 +39,8 @@ class MemoOptions:
                 f"{where} got unknown option(s) {', '.join(sorted(unknown))}; "
                 "valid options are version, ignore, depends, compress and mmap"
             )
+        from pytest_memo import codecs  # here: it imports numpy and lz4
+
         codecs.parse_compress(kwargs.get("compress"))  # fail now, not at the first store
         return cls(
             version=kwargs.get("version"),

@@ -23,12 +23,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import filelock
+from typing import TYPE_CHECKING, Any
 
 from pytest_memo.errors import CorruptFileError
-from pytest_memo.serialize import dump, load
+
+if TYPE_CHECKING:
+    import filelock
 
 __all__ = ["Entry", "EntryInfo", "Store"]
 
@@ -126,6 +126,8 @@ class Store:
 
         Raises CorruptFileError for a damaged entry; the caller decides what to do.
         """
+        from pytest_memo.serialize import load  # here: it imports numpy
+
         path = self.entry_path(key)
         try:
             # Memory-mapped data is not checked by load (that would read it all), so check
@@ -148,6 +150,8 @@ class Store:
 
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
         """Store ``value`` atomically; returns its size on disk."""
+        from pytest_memo.serialize import dump  # here: it imports numpy
+
         path = self.entry_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         size = dump((asdict(info), value), path, compress=compress)
@@ -172,6 +176,8 @@ class Store:
         It is an OS file lock, released by the kernel if its holder dies, so a waiter
         takes over from a crashed process instead of waiting forever.
         """
+        import filelock  # here: importing it costs 30 ms at pytest start-up otherwise
+
         return filelock.FileLock(self._lock_path(key))
 
     # -- index ----------------------------------------------------------------
