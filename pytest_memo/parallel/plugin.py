@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_memo import durations
 from pytest_memo.parallel import schedule, spawn
 
 THREAD_LIMIT_VARIABLES = (
@@ -18,7 +21,6 @@ THREAD_LIMIT_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
-DURATIONS_KEY = "pytest_memo/durations"
 
 
 def _workers(text: str) -> int:
@@ -53,6 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("load", "scope"),
         help="load: spread tests one by one (default); scope: keep each module and class "
         "on one worker, so its fixtures are set up once",
+    )
+    group.addoption(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only the I-th of N disjoint parts of the suite, balanced by the durations "
+        "of earlier runs (kept in the memo store), e.g. --shard=2/4 in CI job 2 of 4",
     )
     group.addoption(
         "--par-start",
@@ -97,8 +106,71 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             os.environ.setdefault(variable, threads)
 
 
+class DurationRecorder:
+    """Adds up each test's setup, call and teardown time; saves it with the memo store.
+
+    It runs where reports are seen: the main process of a serial run, and the main process
+    of --par and pytest-xdist runs, which receive every worker's reports.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.previous = durations.load(directory)
+        self.measured: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.measured[report.nodeid] = self.measured.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(session.config, "workerinput"):
+            return
+        # Every shard of a CI run must compute the same split from the same file, even if
+        # one shard finishes before another starts: sharded runs never change it.
+        shard = session.config.getoption("shard")
+        name = f"durations-shard-{shard.replace('/', '-of-')}.json" if shard else None
+        with contextlib.suppress(OSError):  # a read-only store: durations are a nicety
+            durations.save(self.directory, self.measured, name)
+
+
+DURATIONS = pytest.StashKey[DurationRecorder]()
+
+
+def _durations_directory(config: pytest.Config) -> Path:
+    """The memo store's directory (its local cache, for a remote store)."""
+    location = str(config.getoption("memo_dir", None) or ".pytest_memo")
+    with contextlib.suppress(ValueError):  # the memo plugin may be disabled
+        location = str(config.getoption("memo_dir", None) or config.getini("memo_dir"))
+    if "://" in location:
+        location = ".pytest_memo"
+    return config.rootpath / Path(location).expanduser() / "v1"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    text = config.getoption("shard")
+    if not text:
+        return
+    index, count = schedule.parse_shard(text)
+    chosen = schedule.shard(
+        [item.nodeid for item in items], config.stash[DURATIONS].previous, index, count
+    )
+    selected = [item for item in items if item.nodeid in chosen]
+    deselected = [item for item in items if item.nodeid not in chosen]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: in --par thread mode, run this test alone")
+    if config.getoption("shard"):
+        try:
+            schedule.parse_shard(config.getoption("shard"))
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+    recorder = DurationRecorder(_durations_directory(config))
+    config.stash[DURATIONS] = recorder
+    config.pluginmanager.register(recorder, "pytest_memo.durations")
     workers = worker_count(config)
     if workers <= 1:
         return
@@ -134,15 +206,13 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     failed_collection = session.testsfailed and not config.option.continue_on_collection_errors
     if workers <= 1 or failed_collection or config.option.collectonly or not session.items:
         return None  # pytest's own loop reports collection errors and runs serially
-    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
-    durations = cache.get(DURATIONS_KEY, {}) if cache is not None else {}
-    order = schedule.order(session.items, durations, keep_order=_order_is_given(config))
+    recorded = config.stash[DURATIONS].previous
+    order = schedule.order(session.items, recorded, keep_order=_order_is_given(config))
     if _mode(config) == "thread":
         from pytest_memo.parallel.threads import ThreadRunner
 
         runner = ThreadRunner(session, workers, order)
         runner.run()
-        _save_durations(config, durations, runner.durations)
     else:
         from pytest_memo.parallel.controller import Controller
 
@@ -161,7 +231,6 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             spawn=_use_spawn(config),
         )
         controller.run()
-        _save_durations(config, durations, controller.durations)
     if session.shouldfail:
         raise session.Failed(session.shouldfail)
     if session.shouldstop:
@@ -188,9 +257,3 @@ def _memo_hooks() -> Any:
     from pytest_memo.plugin import merge_worker_output, worker_output
 
     return Hooks(worker_finish=worker_output, merge=merge_worker_output)
-
-
-def _save_durations(config: pytest.Config, old: dict[str, float], new: dict[str, float]) -> None:
-    cache = getattr(config, "cache", None)
-    if cache is not None and new:
-        cache.set(DURATIONS_KEY, {**old, **{k: round(v, 4) for k, v in new.items()}})
