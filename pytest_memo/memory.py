@@ -20,7 +20,7 @@ from typing import Any, TypeVar, overload
 from pytest_memo.errors import CorruptFileError
 from pytest_memo.hashing import hash
 from pytest_memo.keys import CodeFingerprints, combine
-from pytest_memo.store import Entry, EntryInfo, Store
+from pytest_memo.store import Entry, EntryInfo, Store, secret_from_environment
 
 __all__ = ["cache", "use_store"]
 
@@ -37,7 +37,7 @@ def use_store(store: Store | None, rootdir: Path, off: bool = False) -> None:
 def _current() -> tuple[Store | None, CodeFingerprints]:
     if _active["store"] is None and not _active["off"]:
         root = Path(os.environ.get("PYTEST_MEMO_DIR", ".pytest_memo")).resolve()
-        use_store(Store(root), Path.cwd())
+        use_store(Store(root, secret=secret_from_environment()), Path.cwd())
     return _active["store"], _active["fingerprints"]
 
 

@@ -14,7 +14,7 @@ import pytest
 from pytest_memo import marker, memory
 from pytest_memo.fixture_memo import FixtureMemo, Settings
 from pytest_memo.stats import listing_table, parse_size
-from pytest_memo.store import Store
+from pytest_memo.store import Store, secret_from_environment
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _store(config: pytest.Config) -> Store:
     location = config.getoption("memo_dir") or config.getini("memo_dir")
-    return Store(config.rootpath / Path(location).expanduser())
+    return Store(config.rootpath / Path(location).expanduser(), secret=secret_from_environment())
 
 
 def _max_size(config: pytest.Config) -> int | None:

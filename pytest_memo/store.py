@@ -15,15 +15,18 @@ eviction, and a missing index row is recreated from the file the next time it is
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pytest_memo.errors import CorruptFileError
 
@@ -92,13 +95,16 @@ class Listing:
 class Store:
     """A directory of memoized values.  Every method is safe to call from several processes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, secret: bytes | None = None) -> None:
         self.root = root
+        # With a secret, entries are signed (HMAC-SHA256 over the key and the file) and an
+        # entry without a valid signature is never unpickled: loading a pickle runs code.
+        self.secret = secret
         self.base = root / LAYOUT
         self._local = threading.local()
         self._pending_hits: dict[str, int] = {}
         self._pending_lock = threading.Lock()
-        self._verified: set[tuple[str, int, int]] = set()
+        self._verified: set[tuple[int, int, int]] = set()
 
     # -- paths ----------------------------------------------------------------
 
@@ -124,42 +130,74 @@ class Store:
     def read(self, key: str, mmap: bool = False) -> Entry | None:
         """The entry for ``key``, or None if there is none.
 
-        Raises CorruptFileError for a damaged entry; the caller decides what to do.
+        Raises CorruptFileError for a damaged entry, and for an entry whose signature is
+        missing or wrong when the store has a secret; the caller decides what to do.
         """
         from pytest_memo.serialize import load  # here: it imports numpy
 
         path = self.entry_path(key)
         try:
-            # Memory-mapped data is not checked by load (that would read it all), so check
-            # each file once per process: later hits cost nothing, none serves damage.
-            verify = mmap and self._first_mapping(path)
-            info, value = load(path, mmap_mode="r" if mmap else None, verify=verify or None)
+            file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError:
             return None
+        with file:
+            # Checks that read the whole file run once per process for each file: memory-
+            # mapped data (which load skips) and the signature. Later hits cost nothing.
+            first = self._first_sight(file)
+            if first and self.secret is not None:
+                self._check_signature(key, path, file)
+                file.seek(0)
+            verify = True if mmap and first else None
+            info, value = load(file, mmap_mode="r" if mmap else None, verify=verify)
         if not isinstance(info, dict):
             raise CorruptFileError(f"{path}: not a pytest-memo store entry")
         return Entry(key, EntryInfo(**info), value)
 
-    def _first_mapping(self, path: Path) -> bool:
-        status = path.stat()
-        seen = (str(path), status.st_mtime_ns, status.st_ino)
+    def _first_sight(self, file: IO[bytes]) -> bool:
+        status = os.fstat(file.fileno())
+        seen = (status.st_dev, status.st_ino, status.st_mtime_ns)
         with self._pending_lock:
             first = seen not in self._verified
             self._verified.add(seen)
         return first
 
+    def _signature(self, key: str, file: IO[bytes]) -> str:
+        assert self.secret is not None
+        mac = hmac.new(self.secret, key.encode(), hashlib.sha256)
+        while block := file.read(1 << 20):
+            mac.update(block)
+        return mac.hexdigest()
+
+    def _check_signature(self, key: str, path: Path, file: IO[bytes]) -> None:
+        try:
+            expected = path.with_suffix(".sig").read_text().strip()
+        except FileNotFoundError:
+            raise CorruptFileError(
+                f"{path}: not signed, and PYTEST_MEMO_SECRET is set: it was not written with "
+                "this secret, so it is not loaded"
+            ) from None
+        if not hmac.compare_digest(expected, self._signature(key, file)):
+            raise CorruptFileError(
+                f"{path}: its signature does not match PYTEST_MEMO_SECRET (signed with another "
+                "secret, or modified since): it is not loaded"
+            )
+
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
-        """Store ``value`` atomically; returns its size on disk."""
+        """Store ``value`` atomically (and its signature, with a secret); returns its size."""
         from pytest_memo.serialize import dump  # here: it imports numpy
 
         path = self.entry_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         size = dump((asdict(info), value), path, compress=compress)
+        if self.secret is not None:
+            with open(path, "rb") as file:
+                _write_atomically(path.with_suffix(".sig"), self._signature(key, file))
         self._index_insert(key, info, size)
         return size
 
     def remove(self, key: str) -> None:
         self.entry_path(key).unlink(missing_ok=True)
+        self.entry_path(key).with_suffix(".sig").unlink(missing_ok=True)
         with self._index() as index:
             index.execute("DELETE FROM entries WHERE key = ?", (key,))
 
@@ -287,3 +325,20 @@ class Store:
             total -= entry.size
             evicted.append(entry.key)
         return evicted
+
+
+def secret_from_environment() -> bytes | None:
+    """The signing secret in ``PYTEST_MEMO_SECRET``, if set."""
+    secret = os.environ.get("PYTEST_MEMO_SECRET")
+    return secret.encode() if secret else None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
