@@ -122,11 +122,12 @@ class DurationRecorder:
         self.measured[report.nodeid] = self.measured.get(report.nodeid, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if hasattr(session.config, "workerinput"):
-            return
+        config = session.config
+        if hasattr(config, "workerinput") or config.getoption("memo_off", False):
+            return  # workers report to the main process; --memo-off touches no store
         # Every shard of a CI run must compute the same split from the same file, even if
         # one shard finishes before another starts: sharded runs never change it.
-        shard = session.config.getoption("shard")
+        shard = config.getoption("shard")
         name = f"durations-shard-{shard.replace('/', '-of-')}.json" if shard else None
         with contextlib.suppress(OSError):  # a read-only store: durations are a nicety
             durations.save(self.directory, self.measured, name)
