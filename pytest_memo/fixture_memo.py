@@ -68,6 +68,7 @@ class FixtureMemo:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = RunStats()
+        self.pruned: int | None = None  # entries removed by --memo-prune
         self.fingerprints = CodeFingerprints(settings.rootdir)
         self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
         self._store_broken = False
@@ -110,6 +111,8 @@ class FixtureMemo:
         _refuse_unsupported(fixturedef)
         key, slot = self._key(fixturedef, request, options)
         self._keys[fixturedef] = key
+        self.stats.used_keys.add(key)
+        self.stats.used_slots.add(slot)
         store, stats = self._prepared_store(), self.stats.of(fixturedef.argname)
         if store is None:
             return (yield)
@@ -238,7 +241,7 @@ class FixtureMemo:
         if not hasattr(request, "param"):
             return None
         try:
-            return hash(request.param)
+            return hash(request.param, self.settings.rootdir)
         except UnhashableError as error:
             problem = str(error)
         # Failing outside the except clause: the report shows our message alone, not a
@@ -265,7 +268,7 @@ class FixtureMemo:
                 pytrace=False,
             )
         try:
-            return ("value", hash(request.getfixturevalue(name)))
+            return ("value", hash(request.getfixturevalue(name), self.settings.rootdir))
         except UnhashableError as error:
             problem = str(error)
         pytest.fail(  # outside the except clause, as in _param

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import os
 import struct
 import sys
 import types
 from collections.abc import Callable, Iterable
 from operator import itemgetter
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -36,9 +38,13 @@ class UnhashableError(TypeError):
     """Raised when an object's content cannot be reduced to bytes (a lock, a socket, ...)."""
 
 
-def hash(obj: Any) -> str:
-    """Return a 32-character hex digest of ``obj``'s content."""
-    hasher = _ContentHasher()
+def hash(obj: Any, relative_to: str | os.PathLike[str] | None = None) -> str:
+    """Return a 32-character hex digest of ``obj``'s content.
+
+    With ``relative_to`` (a project's root directory), absolute paths inside it count as
+    relative ones, so the digest is the same in every checkout of the project.
+    """
+    hasher = _ContentHasher(None if relative_to is None else Path(relative_to))
     try:
         hasher.update(obj)
     except RecursionError:
@@ -71,7 +77,8 @@ def _global_name(obj: Any) -> str | None:
 class _ContentHasher:
     """Walks an object and feeds a canonical byte encoding of it to xxh3-128."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
+        self._roots = () if root is None else tuple({root, root.resolve()})
         self._digest = xxhash.xxh3_128()
         self._pending: list[bytes] = []
         # Containers on the current path, for cycles: id -> position in the path.
@@ -84,6 +91,7 @@ class _ContentHasher:
     def digest_of(self, obj: Any) -> bytes:
         """Digest of one item on its own, used to order set elements and odd dict keys."""
         sub = _ContentHasher()
+        sub._roots = self._roots
         sub._path = self._path
         sub.update(obj)
         sub._flush()
@@ -136,6 +144,8 @@ class _ContentHasher:
             self._emit_sized(b"M", obj.__name__.encode())
         elif isinstance(obj, types.CodeType):
             self._code(obj)
+        elif isinstance(obj, PurePath):
+            self._filesystem_path(obj)
         elif dataclasses.is_dataclass(obj):
             self._dataclass(obj)
         elif kind.__module__.startswith("pandas") and _pandas_handler(self, obj):
@@ -284,6 +294,15 @@ class _ContentHasher:
         self.update(cls.__bases__)
         skip = {"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"}
         self.update({k: v for k, v in vars(cls).items() if k not in skip})
+
+    def _filesystem_path(self, path: PurePath) -> None:
+        text = path.as_posix()
+        if path.is_absolute():
+            for root in self._roots:
+                if path.is_relative_to(root):
+                    text = "<root>/" + path.relative_to(root).as_posix()
+                    break
+        self._emit_sized(b"P", f"{type(path).__name__}:{text}".encode())
 
     def _dataclass(self, obj: Any) -> None:
         self._callable(type(obj))

@@ -130,7 +130,7 @@ class CodeFingerprints:
         if callable(value) and not self._module_in_project(getattr(value, "__module__", "")):
             return ("external", _name(value), self.distribution_version(value.__module__ or ""))
         try:
-            return ("data", hash(value))
+            return ("data", hash(value, self.rootdir))
         except UnhashableError:
             return ("opaque", type(value).__module__, type(value).__qualname__)
 

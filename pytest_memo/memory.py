@@ -27,6 +27,8 @@ __all__ = ["cache", "use_store"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _active: dict[str, Any] = {"store": None, "rootdir": None, "off": False}
+# Keys of cached calls made in this process, so --memo-prune keeps their entries.
+used_keys: set[str] = set()
 
 
 def use_store(store: Store | None, rootdir: Path, off: bool = False) -> None:
@@ -91,9 +93,10 @@ def cache(
             key = combine(
                 identity=identity,
                 code=fingerprints.of(function),
-                arguments=hash(arguments),
+                arguments=hash(arguments, _active["rootdir"]),
                 version=hash(version),
             )
+            used_keys.add(key)
             return _get_or_compute(
                 store, key, identity, lambda: function(*args, **kwargs), compress, mmap
             )

@@ -39,6 +39,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="recompute memoized fixtures and store them again",
     )
     group.addoption("--memo-show", action="store_true", help="list the stored values and exit")
+    group.addoption(
+        "--memo-prune",
+        action="store_true",
+        help="after the run, remove stored values it did not use (all of them only after a "
+        "complete run; see the docs)",
+    )
     group.addoption("--memo-dir", default=None, help="the store directory (default: .pytest_memo)")
     group.addoption(
         "--memo-max-size",
@@ -169,11 +175,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.store is None:
         return
+    memo.stats.used_keys.update(memory.used_keys)
     try:
         memo.store.flush()
         if _is_worker(config):
             config.workeroutput["pytest_memo"] = memo.stats.as_dict()  # type: ignore[attr-defined]
-        elif (limit := _max_size(config)) is not None:
+            return
+        if config.getoption("memo_prune"):
+            everything = _ran_everything(session)
+            memo.pruned = memo.store.prune(
+                memo.stats.used_keys, memo.stats.used_slots, everything=everything
+            )
+        if (limit := _max_size(config)) is not None:
             memo.store.evict(limit)
     except OSError as error:
         config.issue_config_time_warning(
@@ -182,9 +195,38 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         )
 
 
+DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items:
+        config = items[0].config
+        config.stash[DESELECTED] = config.stash.get(DESELECTED, 0) + len(items)
+
+
+def _ran_everything(session: pytest.Session) -> bool:
+    """Did this run use every test of the suite?  Only then may it prune unused entries.
+
+    Not when tests were deselected (-k, -m, --lf, --shard), named on the command line,
+    or not reached (-x, Ctrl-C, collection errors).
+    """
+    config = session.config
+    return not (
+        config.stash.get(DESELECTED, 0)
+        or config.args_source == pytest.Config.ArgsSource.ARGS
+        or session.shouldfail
+        or session.shouldstop
+        or (session.testsfailed and not session.testscollected)
+        or getattr(config.option, "lf", False)
+        or getattr(config.option, "stepwise", False)
+    )
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     memo = config.stash.get(MEMO, None)
-    if memo is None or memo.settings.store is None or not memo.stats.fixtures:
+    if memo is None or memo.settings.store is None:
+        return
+    if not memo.stats.fixtures and memo.pruned is None:
         return
     store = memo.settings.store
     try:
@@ -192,7 +234,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     except OSError:
         size = None
     where = _display_path(store.root, config.rootpath)
-    terminalreporter.write_line(memo.stats.summary_line(size, where))
+    line = memo.stats.summary_line(size, where)
+    if memo.pruned is not None:
+        line += f"; {memo.pruned} unused removed (--memo-prune)"
+    terminalreporter.write_line(line)
     if config.get_verbosity() > 0:
         for line in memo.stats.table():
             terminalreporter.write_line("  " + line)
@@ -232,6 +277,7 @@ def worker_output(config: pytest.Config) -> dict[str, Any] | None:
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.store is None:
         return None
+    memo.stats.used_keys.update(memory.used_keys)
     with contextlib.suppress(OSError):  # the counts still reach the summary
         memo.store.flush()
     return memo.stats.as_dict()

@@ -73,6 +73,9 @@ class FixtureStats:
 @dataclass
 class RunStats:
     fixtures: dict[str, FixtureStats] = field(default_factory=dict)
+    # Keys looked up and slots filled during the run, for --memo-prune.
+    used_keys: set[str] = field(default_factory=set)
+    used_slots: set[str] = field(default_factory=set)
 
     def of(self, name: str) -> FixtureStats:
         return self.fixtures.setdefault(name, FixtureStats())
@@ -83,9 +86,16 @@ class RunStats:
             mine = self.of(name)
             for attribute, value in counts.items():
                 setattr(mine, attribute, getattr(mine, attribute) + value)
+        self.used_keys.update(other.get("used_keys", ()))
+        self.used_slots.update(other.get("used_slots", ()))
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain lists and dicts: what xdist and --par workers send to the main process."""
+        return {
+            "fixtures": {name: asdict(stats) for name, stats in self.fixtures.items()},
+            "used_keys": sorted(self.used_keys),
+            "used_slots": sorted(self.used_slots),
+        }
 
     def total(self) -> FixtureStats:
         total = FixtureStats()

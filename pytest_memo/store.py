@@ -83,6 +83,7 @@ class Entry:
 @dataclass(frozen=True)
 class Listing:
     key: str
+    slot: str
     fixture: str
     source: str
     created: float
@@ -288,7 +289,7 @@ class Store:
             return []
         with self._index() as index:
             rows = index.execute(
-                "SELECT key, fixture, source, created, last_used, hits, size, seconds "
+                "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds "
                 "FROM entries ORDER BY fixture, last_used DESC"
             ).fetchall()
         return [Listing(*row) for row in rows]
@@ -309,6 +310,21 @@ class Store:
             self._local = threading.local()
             return count
         doomed = [entry.key for entry in self.listing() if entry.fixture == fixture]
+        for key in doomed:
+            self.remove(key)
+        return len(doomed)
+
+    def prune(self, used_keys: set[str], used_slots: set[str], everything: bool) -> int:
+        """Remove entries this run did not use; returns how many.
+
+        Always those superseded in a slot this run filled with another key (an edit made
+        them unreachable); with ``everything`` (a complete run) all unused ones.
+        """
+        doomed = [
+            entry.key
+            for entry in self.listing()
+            if entry.key not in used_keys and (everything or entry.slot in used_slots)
+        ]
         for key in doomed:
             self.remove(key)
         return len(doomed)
