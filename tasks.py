@@ -59,7 +59,9 @@ def demo() -> int:
     print("\n== cold run: the store is cleared, expensive fixtures are computed ==", flush=True)
     _run(*pytest, "--memo-clear")
     print("\n== warm run: the same fixtures are loaded from examples/.pytest_memo ==", flush=True)
-    return _run(*pytest, check=False)
+    _run(*pytest)
+    print("\n== warm run on 2 worker processes (--par=2) ==", flush=True)
+    return _run(*pytest, "--par=2", check=False)
 
 
 def test() -> int:
