@@ -111,7 +111,7 @@ def hit_table(directory: Path, repeat: int, tests: int) -> list[str]:
         ("1", "200 MB array, mmap=True", "< 5 ms"),
     ):
         env = {"BENCH_BIG": big, "BENCH_CHEAP": "0"}
-        run(directory, "--memo-clear", "test_hits.py", env=env)  # fill the store
+        run(directory, "test_hits.py", "--memo-clear", env=env)  # fill the store
         warm = median(repeat, lambda e=env: run(directory, "test_hits.py", env=e))
         cheap = {"BENCH_BIG": big, "BENCH_CHEAP": "1"}
         base = median(repeat, lambda e=cheap: run(directory, "--memo-off", "test_hits.py", env=e))
