@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from pytest_memo.files import write_atomically
 
 __all__ = ["load", "save"]
 
@@ -39,15 +38,8 @@ def save(directory: Path, measured: Mapping[str, float], name: str | None = None
             merged.update(load(directory, pending.name))
     merged.update({k: round(v, 4) for k, v in measured.items()})
     directory.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".durations.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(merged, file, sort_keys=True, separators=(",", ":"))
-        os.replace(temporary, directory / (name or FILE_NAME))
-        if name is None:
-            for pending in directory.glob("durations-shard-*.json"):
-                pending.unlink(missing_ok=True)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    text = json.dumps(merged, sort_keys=True, separators=(",", ":"))
+    write_atomically(directory / (name or FILE_NAME), text)
+    if name is None:
+        for pending in directory.glob("durations-shard-*.json"):
+            pending.unlink(missing_ok=True)

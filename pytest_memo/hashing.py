@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["UnhashableError", "code_hash", "hash"]
 
 _FLUSH_AT = 1 << 16  # pending pieces, each small
+_PARALLEL_FROM = 32 << 20
+_PIECE = 8 << 20
 _pack_q = struct.Struct("<q").pack
 _pack_d = struct.Struct("<d").pack
 _pack_dd = struct.Struct("<dd").pack
@@ -52,6 +54,10 @@ def hash(obj: Any, relative_to: str | os.PathLike[str] | None = None) -> str:
             "object is nested too deeply to hash; flatten it or hash a summary of it"
         ) from None
     return hasher.hexdigest()
+
+
+def _piece_digest(piece: memoryview) -> bytes:
+    return bytes(xxhash.xxh3_128_digest(piece))
 
 
 def code_hash(func: types.FunctionType) -> str:
@@ -107,7 +113,16 @@ class _ContentHasher:
 
     def _emit_buffer(self, buffer: Any) -> None:
         self._flush()
-        self._digest.update(buffer)
+        view = memoryview(buffer).cast("B")
+        if view.nbytes < _PARALLEL_FROM:
+            self._digest.update(view)
+            return
+        # Large buffers: xxh3 of each piece on every core, then of the pieces' digests.
+        from pytest_memo import codecs
+
+        pieces = [view[low : low + _PIECE] for low in range(0, view.nbytes, _PIECE)]
+        digests = codecs.map_ordered(_piece_digest, pieces)
+        self._digest.update(b"pieces" + b"".join(digests))
 
     def _flush(self) -> None:
         if self._pending:
@@ -292,7 +307,15 @@ class _ContentHasher:
     def _class(self, cls: type) -> None:
         self._emit_sized(b"C", cls.__qualname__.encode())
         self.update(cls.__bases__)
-        skip = {"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"}
+        # __firstlineno__ (Python 3.13+) would make moving the class change its digest.
+        skip = {
+            "__dict__",
+            "__weakref__",
+            "__module__",
+            "__doc__",
+            "__qualname__",
+            "__firstlineno__",
+        }
         self.update({k: v for k, v in vars(cls).items() if k not in skip})
 
     def _filesystem_path(self, path: PurePath) -> None:

@@ -20,7 +20,6 @@ import hmac
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pytest_memo.errors import CorruptFileError
+from pytest_memo.files import write_atomically
 
 if TYPE_CHECKING:
     import filelock
@@ -192,7 +192,7 @@ class Store:
         size = dump((asdict(info), value), path, compress=compress)
         if self.secret is not None:
             with open(path, "rb") as file:
-                _write_atomically(path.with_suffix(".sig"), self._signature(key, file))
+                write_atomically(path.with_suffix(".sig"), self._signature(key, file))
         self._index_insert(key, info, size)
         return size
 
@@ -347,14 +347,3 @@ def secret_from_environment() -> bytes | None:
     """The signing secret in ``PYTEST_MEMO_SECRET``, if set."""
     secret = os.environ.get("PYTEST_MEMO_SECRET")
     return secret.encode() if secret else None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
