@@ -48,6 +48,7 @@ class Codec:
     level: int
 
     def compress(self, data: Any) -> bytes:
+        data = memoryview(data).cast("B")  # bz2 and lzma test the truth of their input
         if self.name == "lz4":
             if self.level >= LZ4_HC_FROM:
                 return bytes(
@@ -69,6 +70,7 @@ class Codec:
         return lzma.compress(data, format=self._lzma_format, preset=self.level)
 
     def decompress(self, data: Any, raw_size: int) -> bytes:
+        data = memoryview(data).cast("B")
         if self.name == "lz4":
             return bytes(lz4.block.decompress(data, uncompressed_size=raw_size))
         if self.name in ("zlib", "gzip"):

@@ -73,11 +73,9 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         super().__init__(file, protocol=5, buffer_callback=self._take_buffer)
 
     def reducer_override(self, obj: Any) -> Any:
-        if (
-            type(obj) in (np.ndarray, np.memmap)
-            and obj.nbytes >= OUT_OF_BAND_MIN_BYTES
-            and not obj.dtype.hasobject
-        ):
+        # Every plain array, small ones too: numpy's own reduction loses the byte order of
+        # big-endian datetime64 arrays. Small buffers are then kept in band (_take_buffer).
+        if type(obj) in (np.ndarray, np.memmap) and not obj.dtype.hasobject:
             order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous else "C"
             raw = obj.ravel(order=order).view(np.uint8)  # copies only if not contiguous
             buffer = pickle.PickleBuffer(raw)
@@ -253,6 +251,10 @@ class _Reader:
         content = json.loads(meta)
         self.codec = None if content["codec"] is None else Codec(*content["codec"])
         self.sections = content["sections"]
+        if self.sections:  # the padding between the header and the first section
+            gap = self.read_exact(_PREAMBLE.size, self.sections[0]["offset"] - _PREAMBLE.size)
+            if gap.strip(b"\0"):
+                raise self.fail("non-zero padding after the header: the file is corrupt")
 
     def restore(self, section: dict[str, Any], memory_map: bool) -> np.ndarray[Any, Any]:
         padding = self.read_exact(section["offset"] + _stored_size(section), section["pad"])
