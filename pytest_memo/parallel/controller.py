@@ -205,7 +205,7 @@ class Controller:
         worker.commands.close()
         worker.results.close()
         status = worker.reap()
-        if worker.said_bye and not worker.assigned:
+        if worker.said_bye:  # a clean exit; after STOP its unstarted items are dropped
             return
         if worker.assigned:
             crashed = worker.assigned.popleft()

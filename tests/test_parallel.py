@@ -1,0 +1,378 @@
+"""pytest --par: the same outcomes as a serial run, spread over workers, robust to crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
+
+MIXED = """
+import os, threading, time, warnings, pytest
+
+def log(test):
+    with open("ran.txt", "a") as ran:
+        ran.write(f"{test} {os.getpid()} {threading.get_ident()}\\n")
+
+@pytest.fixture(scope="module")
+def shared():
+    return {"value": 1}
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture failed")
+
+@pytest.mark.parametrize("i", range(8))
+def test_param(i, shared):
+    log(f"param{i}")
+    time.sleep(0.05)
+    assert shared["value"] == 1
+
+def test_fail():
+    log("fail")
+    print("output of the failing test")
+    assert 1 == 2
+
+def test_error(broken):
+    pass
+
+@pytest.mark.skip(reason="skipped")
+def test_skip():
+    pass
+
+@pytest.mark.xfail(reason="expected")
+def test_xfail():
+    log("xfail")
+    assert False
+
+@pytest.mark.xfail(reason="passes anyway")
+def test_xpass():
+    log("xpass")
+
+def test_warns():
+    log("warns")
+    warnings.warn("careful now", UserWarning)
+
+class TestGroup:
+    @pytest.fixture(scope="class")
+    def value(self):
+        return 2
+
+    def test_a(self, value):
+        log("a")
+        assert value == 2
+
+    def test_b(self, value):
+        log("b")
+        assert value == 2
+"""
+
+
+def lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def mixed(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_mixed=MIXED)
+    return pytester
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_outcomes_are_those_of_a_serial_run(mixed: pytest.Pytester, mode: str) -> None:
+    serial = mixed.runpytest_subprocess(*FLAGS)
+    serial_ran = sorted(row[0] for row in lines(mixed.path / "ran.txt"))
+    (mixed.path / "ran.txt").unlink()
+    parallel = mixed.runpytest_subprocess(*FLAGS, "--par=3", f"--par-mode={mode}", timeout=120)
+    expected, outcomes = serial.parseoutcomes(), parallel.parseoutcomes()
+    if mode == "thread":  # documented: warnings are not attributed to tests in thread mode
+        expected.pop("warnings")
+    assert outcomes == expected
+    rows = lines(mixed.path / "ran.txt")
+    assert sorted(row[0] for row in rows) == serial_ran  # each test ran exactly once
+    column = 1 if mode == "process" else 2
+    assert len({row[column] for row in rows}) > 1  # really spread over workers
+    if mode == "process":
+        assert str(os.getpid()) not in {row[1] for row in rows}
+    parallel.stdout.fnmatch_lines(["*Captured stdout call*", "output of the failing test"])
+
+
+def test_verbose_output_and_warnings_are_replayed(mixed: pytest.Pytester) -> None:
+    result = mixed.runpytest_subprocess(*FLAGS, "--par=2", "-v", "-rA")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_mixed.py::test_param?0? PASSED*",
+            "*test_mixed.py::test_fail FAILED*",
+            "*test_mixed.py::TestGroup::test_b PASSED*",
+            "*UserWarning: careful now*",
+            "PASSED test_mixed.py::test_param?7?",
+        ]
+    )
+
+
+def test_junitxml_lists_what_a_serial_run_lists(mixed: pytest.Pytester) -> None:
+    def cases(*args: str) -> tuple[list[str], dict[str, str]]:
+        mixed.runpytest_subprocess(*FLAGS, "--junitxml=out.xml", *args)
+        suite = ElementTree.parse(mixed.path / "out.xml").getroot()[0]
+        names = sorted(case.get("name", "") for case in suite.iter("testcase"))
+        counts = {key: suite.get(key, "") for key in ("tests", "failures", "errors", "skipped")}
+        return names, counts
+
+    assert cases("--par=2") == cases()
+
+
+@pytest.mark.parametrize(("option", "failures"), [("-x", 1), ("--maxfail=2", 2)])
+def test_maxfail_stops_dispatching(pytester: pytest.Pytester, option: str, failures: int) -> None:
+    pytester.makepyfile(
+        test_many="""
+        import time, pytest
+
+        @pytest.mark.parametrize("i", range(60))
+        def test_each(i):
+            time.sleep(0.02)
+            assert i % 10 != 3
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", option)
+    assert result.ret == 1
+    # A test already running on another worker may fail too before the stop reaches it.
+    result.stdout.fnmatch_lines(["*stopping after * failures*"])
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] >= failures
+    assert outcomes["failed"] + outcomes.get("passed", 0) < 60  # not everything ran
+
+
+CRASHES = """
+import os, signal, time
+
+def test_before():
+    pass
+
+def test_exit():
+    os._exit(3)
+
+def test_segfault():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def test_slow():
+    time.sleep(30)
+
+def test_after_1():
+    pass
+
+def test_after_2():
+    pass
+"""
+
+
+def test_crashes_and_timeouts_fail_alone(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_crash=CRASHES)
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(
+        *FLAGS, "-p", "no:faulthandler", "--par=2", "--par-timeout=2", timeout=60
+    )
+    assert time.monotonic() - started < 25
+    result.assert_outcomes(passed=3, failed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_exit crashed: its worker process exited with code 3*",
+            "*test_segfault crashed: its worker process was killed by SIGSEGV*",
+            "*test_slow timed out after*--par-timeout=2*",
+        ]
+    )
+
+
+def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_sleepy="""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(20))
+        def test_sleep(i):
+            with open("pids.txt", "a") as pids:
+                pids.write(f"{os.getpid()}\\n")
+            time.sleep(5)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *FLAGS, "--par=2"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (pytester.path / "pids.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=20)
+    assert "KeyboardInterrupt" in output
+    workers = {int(pid) for pid in (pytester.path / "pids.txt").read_text().split()}
+    assert len(workers) == 2
+    time.sleep(0.5)
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(("value", "workers"), [("0", 1), ("1", 1), ("auto", None)])
+def test_worker_counts(pytester: pytest.Pytester, value: str, workers: int | None) -> None:
+    pytester.makepyfile(
+        test_pids="""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_pid(i):
+            time.sleep(0.1)
+            with open("pids.txt", "a") as pids:
+                pids.write(f"{os.getpid()}\\n")
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, f"--par={value}")
+    result.assert_outcomes(passed=6)
+    pids = set((pytester.path / "pids.txt").read_text().split())
+    if workers is not None:
+        assert len(pids) == workers
+    else:
+        assert 1 <= len(pids) <= (os.cpu_count() or 1)
+
+
+def test_no_more_workers_than_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_two="""
+        import os
+        def test_a():
+            open("pids.txt", "a").write(f"{os.getpid()}\\n")
+        def test_b():
+            open("pids.txt", "a").write(f"{os.getpid()}\\n")
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=8", "-v")
+    result.assert_outcomes(passed=2)
+    assert len(set((pytester.path / "pids.txt").read_text().split())) <= 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--par=abc",), "--par takes a number of workers or 'auto'"),
+        (("--par=2", "-n", "2"), "--par and pytest-xdist's -n/--dist both distribute tests"),
+    ],
+)
+def test_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    result = pytester.runpytest_subprocess(*FLAGS, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_pdb_falls_back_to_serial(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--pdb")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*--par: running serially, as --pdb and --trace need one process*"]
+    )
+
+
+def test_scope_distribution_keeps_a_module_on_one_worker(pytester: pytest.Pytester) -> None:
+    for name in ("first", "second", "third"):
+        pytester.makepyfile(
+            **{
+                f"test_{name}": f"""
+                import os, time, pytest
+
+                @pytest.mark.parametrize("i", range(4))
+                def test_it(i):
+                    time.sleep(0.05)
+                    open("pids.txt", "a").write("{name} " + str(os.getpid()) + "\\n")
+                """
+            }
+        )
+    pytester.runpytest_subprocess(*FLAGS, "--par=2", "--par-dist=scope").assert_outcomes(passed=12)
+    by_module: dict[str, set[str]] = {}
+    for module, pid in lines(pytester.path / "pids.txt"):
+        by_module.setdefault(module, set()).add(pid)
+    assert all(len(pids) == 1 for pids in by_module.values())
+
+
+def test_thread_mode_rules(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_threads="""
+        import threading, time, pytest
+
+        @pytest.fixture(scope="session")
+        def once():
+            open("session.txt", "a").write("set up\\n")
+            yield
+            open("session.txt", "a").write("torn down\\n")
+
+        def span(name):
+            start = time.monotonic()
+            time.sleep(0.2)
+            open("spans.txt", "a").write(f"{name} {start} {time.monotonic()}\\n")
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_parallel(i, once):
+            span(f"parallel{i}")
+
+        @pytest.mark.serial
+        def test_alone(once):
+            span("alone")
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=3", "--par-mode=thread")
+    result.assert_outcomes(passed=7)
+    assert (pytester.path / "session.txt").read_text().split("\n")[:2] == ["set up", "torn down"]
+    spans = {name: (float(a), float(b)) for name, a, b in lines(pytester.path / "spans.txt")}
+    alone_start, alone_end = spans.pop("alone")
+    for start, end in spans.values():
+        assert end <= alone_start or start >= alone_end  # nothing overlapped the serial test
+    assert any(  # and the others did run at the same time
+        a[0] < b[1] and b[0] < a[1] for a in spans.values() for b in spans.values() if a != b
+    )
+
+
+def test_memoized_fixture_is_computed_once_across_workers(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import time, pytest
+
+        @pytest.fixture(scope="session")
+        @pytest.mark.memo
+        def expensive():
+            open("calls.txt", "a").write("computed\\n")
+            time.sleep(1)
+            return list(range(100))
+        """
+    )
+    pytester.makepyfile(
+        test_uses="""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(8))
+        def test_use(i, expensive):
+            open("pids.txt", "a").write(f"{os.getpid()}\\n")
+            assert expensive[i] == i
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--memo-clear")
+    result.assert_outcomes(passed=8)
+    assert (pytester.path / "calls.txt").read_text().split() == ["computed"]
+    assert len(set((pytester.path / "pids.txt").read_text().split())) == 2
+    result.stdout.fnmatch_lines(["memo: 1 hit *, 1 miss *"])
+
+
+def test_durations_are_recorded_in_the_store(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=2)
+    recorded = (pytester.path / ".pytest_memo/v1/durations.json").read_text()
+    assert "test_one.py::test_one" in recorded and "test_one.py::test_two" in recorded
