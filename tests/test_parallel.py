@@ -376,3 +376,12 @@ def test_durations_are_recorded_in_the_store(pytester: pytest.Pytester) -> None:
     pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=2)
     recorded = (pytester.path / ".pytest_memo/v1/durations.json").read_text()
     assert "test_one.py::test_one" in recorded and "test_one.py::test_two" in recorded
+
+
+@pytest.mark.parametrize("tests", [1, 2, 3])
+def test_few_tests_do_not_wait_for_more(pytester: pytest.Pytester, tests: int) -> None:
+    # A worker given a single item waits to learn whether another follows: the
+    # controller must say "no more" without waiting for that worker first.
+    pytester.makepyfile(test_few="".join(f"def test_{n}():\n    pass\n\n" for n in range(tests)))
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", timeout=30)
+    result.assert_outcomes(passed=tests)

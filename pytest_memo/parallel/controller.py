@@ -128,17 +128,18 @@ class Controller:
         for worker in self.workers:
             if worker.ended:
                 continue
-            if not self.pending:
-                worker.commands.send((protocol.END,))
-                worker.ended = True
-                continue
             target = self._target_queue_length()
-            if len(worker.assigned) <= target // 2:
+            if self.pending and len(worker.assigned) <= target // 2:
                 batch: list[int] = []
                 while self.pending and len(batch) < target:
                     batch.extend(self.pending.popleft())
                 worker.assigned.extend(batch)
                 worker.commands.send((protocol.RUN, batch))
+            if not self.pending:
+                # Say so at once: a worker holding a single item waits to learn whether
+                # another follows before it runs it (pytest needs the next item).
+                worker.commands.send((protocol.END,))
+                worker.ended = True
 
     def _target_queue_length(self) -> int:
         # Big batches when much work is left (fewer messages), small ones near the end

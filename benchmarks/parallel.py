@@ -1,0 +1,157 @@
+"""The parallel runner, measured side by side with serial pytest and pytest-xdist.
+
+    python benchmarks/parallel.py [--repeat N] [--pyargs PACKAGE ...]
+
+Each figure is the wall time of a complete pytest process (median of N runs), with only
+pytest-memo and pytest-xdist loaded. ``--pyargs`` adds real-world suites: the tests an
+installed package ships (for example ``--pyargs networkx.algorithms``), comparing outcome
+counts and times of serial, ``-n 2`` and ``--par=2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SLEEPY = """
+import time, pytest
+
+@pytest.mark.parametrize("i", range(160))
+def test_sleep(i):
+    time.sleep(0.025)
+
+@pytest.mark.parametrize("i", range(100))
+def test_trivial(i):
+    pass
+"""
+CPU_BOUND = """
+import pytest
+
+@pytest.mark.parametrize("i", range(40))
+def test_work(i):
+    total = 0
+    for k in range(600_000):
+        total += k * k % 7
+    assert total > 0
+"""
+ONE = "def test_one():\n    pass\n"
+MANY = """
+import pytest
+
+@pytest.mark.parametrize("i", range(2000))
+def test_trivial(i):
+    pass
+"""
+PLUGINS = ("-p", "pytest_memo.plugin", "-p", "pytest_memo.parallel.plugin", "-p", "xdist.plugin")
+
+
+def run(directory: Path, *args: str) -> tuple[float, str]:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PLUGINS, *args]
+    environment = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=directory, env=environment, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
+    return elapsed, summary
+
+
+def median(directory: Path, repeat: int, *args: str) -> float:
+    return statistics.median(run(directory, *args)[0] for _ in range(repeat))
+
+
+def scenario(
+    title: str, source: str, variants: list[tuple[str, tuple[str, ...]]], repeat: int
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        (directory / "pytest.ini").write_text("[pytest]\n")
+        (directory / "test_suite.py").write_text(source)
+        times = {label: median(directory, repeat, *args) for label, args in variants}
+    serial = times["serial"]
+    print(f"\n{title}\n")
+    print("| run | wall time | vs serial |")
+    print("|---|---|---|")
+    for label, seconds in times.items():
+        print(f"| {label} | {seconds:.2f} s | {serial / seconds:.2f}x |")
+    return times
+
+
+def verdict(text: str, met: bool) -> None:
+    print(f"- {text}: {'met' if met else 'NOT met'}")
+
+
+def outcome_counts(summary: str) -> dict[str, int]:
+    return {word: int(count) for count, word in re.findall(r"(\d+) (\w+)", summary) if word != "in"}
+
+
+def real_world(package: str, repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        rows = []
+        for label, args in (("serial", ()), ("-n 2", ("-n", "2")), ("--par=2", ("--par=2",))):
+            runs = [run(directory, "--pyargs", package, *args) for _ in range(repeat)]
+            seconds = statistics.median(elapsed for elapsed, _ in runs)
+            rows.append((label, seconds, outcome_counts(runs[-1][1])))
+    print(f"\nReal-world suite: `--pyargs {package}`\n")
+    print("| run | wall time | outcomes |")
+    print("|---|---|---|")
+    for label, seconds, counts in rows:
+        outcome = ", ".join(f"{n} {word}" for word, n in sorted(counts.items()))
+        print(f"| {label} | {seconds:.2f} s | {outcome} |")
+    serial, xdist, par = rows
+    verdict("same outcome counts as serial", par[2] == serial[2])
+    verdict(
+        f"--par=2 at least 10% sooner than -n 2 ({xdist[1] / par[1]:.2f}x)",
+        par[1] <= 0.9 * xdist[1],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pyargs", nargs="*", default=[], metavar="PACKAGE")
+    options = parser.parse_args()
+    import pytest
+    import xdist
+
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, pytest {pytest.__version__}, "
+        f"pytest-xdist {xdist.__version__}; medians of {options.repeat} runs"
+    )
+    sleepy = scenario(
+        "160 tests sleeping 25 ms and 100 trivial tests",
+        SLEEPY,
+        [
+            ("serial", ()),
+            ("-n 8", ("-n", "8")),
+            ("--par=8", ("--par=8",)),
+            ("--par=8 --par-mode=thread", ("--par=8", "--par-mode=thread")),
+        ],
+        options.repeat,
+    )
+    verdict("--par=8 at least 5x faster than serial", sleepy["serial"] >= 5 * sleepy["--par=8"])
+    verdict("--par=8 at least 1.25x faster than -n 8", sleepy["-n 8"] >= 1.25 * sleepy["--par=8"])
+    thread = sleepy["--par=8 --par-mode=thread"]
+    verdict("thread mode at least 4x faster than serial", sleepy["serial"] >= 4 * thread)
+    two = [("serial", ()), ("-n 2", ("-n", "2")), ("--par=2", ("--par=2",))]
+    cpu = scenario("40 CPU-bound tests", CPU_BOUND, two, options.repeat)
+    verdict("--par=2 at least 1.6x faster than serial", cpu["serial"] >= 1.6 * cpu["--par=2"])
+    one = scenario("One trivial test", ONE, two, options.repeat)
+    verdict("--par=2 adds at most 0.15 s", one["--par=2"] - one["serial"] <= 0.15)
+    many = scenario("2000 trivial tests", MANY, two, options.repeat)
+    verdict("--par=2 within 1.15x of serial", many["--par=2"] <= 1.15 * many["serial"])
+    for package in options.pyargs:
+        real_world(package, options.repeat)
+
+
+if __name__ == "__main__":
+    main()
