@@ -45,7 +45,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="after the run, remove stored values it did not use (all of them only after a "
         "complete run; see the docs)",
     )
-    group.addoption("--memo-dir", default=None, help="the store directory (default: .pytest_memo)")
+    group.addoption(
+        "--memo-dir",
+        default=None,
+        help="the store directory (default: .pytest_memo), or a URL of a shared remote store: "
+        "s3://bucket/prefix, gs://..., az://..., file://...",
+    )
     group.addoption(
         "--memo-max-size",
         default=None,
@@ -55,12 +60,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "memo_dir", "the store directory, relative to the rootdir", default=".pytest_memo"
     )
+    parser.addini(
+        "memo_storage_options",
+        "JSON object of fsspec storage options for a memo_dir URL (s3://..., gs://...)",
+        default="",
+    )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
     parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
 
 
 def _store(config: pytest.Config) -> Store:
     location = config.getoption("memo_dir") or config.getini("memo_dir")
+    if "://" in location:  # s3://bucket/prefix, file://..., any fsspec URL
+        from pytest_memo.remote import remote_store  # here: fsspec is optional and slow
+
+        return remote_store(config, location)
     return Store(config.rootpath / Path(location).expanduser(), secret=secret_from_environment())
 
 
@@ -259,6 +273,9 @@ def pytest_configure_node(node: Any) -> None:
     if memo is not None:
         node.workerinput["pytest_memo_started"] = memo.settings.run_started
         node.workerinput["pytest_memo_unusable"] = memo.store is None
+        node.workerinput["pytest_memo_remote_off"] = not getattr(
+            memo.settings.store, "remote_usable", True
+        )
 
 
 @pytest.hookimpl(optionalhook=True)

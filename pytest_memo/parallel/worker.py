@@ -88,6 +88,9 @@ def run_worker(
         _fresh_capture(config)
         recorder = _EventRecorder(config)
         config.pluginmanager.register(recorder, "pytest_memo.parallel.recorder")
+        # Registering replays the historic pytest_warning_recorded calls made before the
+        # fork (configuration-time warnings): the main process reports those already.
+        recorder.take()
         _loop(session, commands, results, recorder)
         results.send((BYE, finish(config)))
     except BaseException:  # say what broke, then leave without running the parent's cleanup

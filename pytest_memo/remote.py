@@ -1,0 +1,384 @@
+"""A store shared through object storage: ``--memo-dir=s3://bucket/prefix`` (or ``gs://``,
+``az://``, ``file://``, any fsspec URL).
+
+A :class:`RemoteStore` is a local :class:`~pytest_memo.store.Store` — a cache directory
+under the rootdir, ``.pytest_memo/remote/<hash of the URL>/``, which holds the entries
+used on this machine, the index and the locks — backed by a remote copy of the same
+layout::
+
+    <url>/v1/entries/ab/abcdef....memo   (and .sig beside it, with PYTEST_MEMO_SECRET)
+
+A read that misses locally downloads the remote entry to a temporary file beside its
+local place and renames it there, then reads it as a local entry: every entry checks
+itself, so a damaged download is a CorruptFileError like a damaged local file.  A write
+stores locally, then uploads.  An upload publishes all at once: a PUT of a whole object is
+atomic on object stores (S3, GCS, Azure); elsewhere the file goes to a temporary name and
+is moved into place.  Two machines missing the same entry at once each compute it and
+upload it, one after the other; neither can leave half an entry behind.  File locks (single
+flight) hold within a machine, through the local cache.
+
+The remote is a nicety: when it cannot be reached (no network, wrong endpoint, missing
+credentials...) it is given up for the rest of the run with one warning, and the run goes
+on with the local cache.  fsspec and the filesystem package of the URL's protocol (s3fs,
+gcsfs, adlfs) are optional dependencies: without them a URL is a usage error that names
+the package to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_memo.errors import CorruptFileError
+from pytest_memo.files import temporary_beside
+from pytest_memo.store import (
+    CACHEDIR_TAG,
+    LAYOUT,
+    Entry,
+    EntryInfo,
+    Store,
+    secret_from_environment,
+)
+
+__all__ = ["RemoteStore", "local_cache", "open_filesystem", "remote_store"]
+
+# Protocols whose upload of a whole object is atomic: readers see the old object or the new
+# one, never a part.  Anything else is uploaded to a temporary name and moved into place.
+ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+# The extra of pytest-memo that installs the filesystem package of a protocol.
+EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+}
+# s3fs waits 5 s to connect and 15 s to read, then retries 5 times with botocore's own
+# retries inside each: minutes before an unreachable endpoint is given up.  A cache must
+# fail fast.  ``config_kwargs`` in memo_storage_options override these timeouts.
+S3_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1}}
+S3_RETRIES = 1
+CACHE_DIRECTORY = ".pytest_memo"
+WORKER_INPUT = "pytest_memo_remote_off"  # xdist: the main process gave the remote up
+
+
+def local_cache(rootdir: Path, url: str) -> Path:
+    """The local cache directory of the remote store at ``url``."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    return rootdir / CACHE_DIRECTORY / "remote" / digest
+
+
+class RemoteStore(Store):
+    """A local store whose misses are looked up in, and whose writes are copied to, a remote
+    directory given by an fsspec URL."""
+
+    def __init__(
+        self,
+        root: Path,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        secret: bytes | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(root, secret=secret)
+        self.url = url.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self._warn = warn or _warn
+        self._filesystem, self._path = open_filesystem(self.url, self.storage_options)
+        self._filesystem_pid = os.getpid()
+        self._remote_off = False
+        self._uploads_off = False  # read-only access: entries are read, never uploaded
+        self._remote_lock = threading.Lock()
+        self._probed_pid: int | None = None
+
+    # -- the remote -----------------------------------------------------------
+
+    @property
+    def remote_usable(self) -> bool:
+        return not self._remote_off
+
+    def remote_unusable(self, reason: str | None = None) -> None:
+        """Stop using the remote for the rest of the run; warn once if there is a reason."""
+        with self._remote_lock:
+            was_off, self._remote_off = self._remote_off, True
+        if reason is not None and not was_off:
+            self._warn(
+                f"the remote store {self.url} cannot be used ({reason}); this run goes on "
+                f"with the local cache in {self.root} only"
+            )
+
+    def _give_up(self, error: BaseException) -> None:
+        self.remote_unusable(_describe(error))
+
+    def _read_only(self, error: BaseException) -> None:
+        """Uploads are refused (read-only credentials, say): keep reading, stop uploading."""
+        with self._remote_lock:
+            was_off, self._uploads_off = self._uploads_off, True
+        if not was_off:
+            self._warn(
+                f"cannot upload to the remote store {self.url} ({_describe(error)}); it is "
+                "used read-only for the rest of this run: values computed here stay in the "
+                f"local cache in {self.root}"
+            )
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem, made again in a forked process (fsspec's event loop thread
+        and its connections do not survive a fork)."""
+        if self._filesystem_pid != os.getpid():
+            self._filesystem, self._path = open_filesystem(self.url, self.storage_options)
+            self._filesystem_pid = os.getpid()
+        return self._filesystem
+
+    def remote_path(self, key: str, suffix: str = ".memo") -> str:
+        return f"{self._path}/{LAYOUT}/entries/{key[:2]}/{key}{suffix}"
+
+    def _atomic_put(self) -> bool:
+        protocols = self.fs.protocol
+        protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
+        return not ATOMIC_PUT_PROTOCOLS.isdisjoint(protocols)
+
+    def _sidecars(self) -> list[str]:
+        """Suffixes of the files that travel with an entry: its signature, with a secret."""
+        return [".sig"] if self.secret is not None else []
+
+    def prepare(self) -> None:
+        """Create the local cache; then, once per process, check that the remote answers,
+        so that a remote out of reach gives one warning before any test runs."""
+        super().prepare()
+        parent = self.root.parent.parent  # .pytest_memo: git and backups skip it too
+        if parent.name == CACHE_DIRECTORY:
+            if not (parent / "CACHEDIR.TAG").exists():
+                (parent / "CACHEDIR.TAG").write_text(CACHEDIR_TAG)
+            if not (parent / ".gitignore").exists():
+                (parent / ".gitignore").write_text("# created by pytest-memo\n*\n")
+        if self._probed_pid == os.getpid() or not self.remote_usable:
+            return
+        self._probed_pid = os.getpid()
+        # An object store's bucket (container) must exist; a directory is made on demand.
+        bucket = self._path.split("/", 1)[0] if self._atomic_put() else None
+        try:
+            self.fs.info(bucket or f"{self._path}/{LAYOUT}")
+        except FileNotFoundError as error:
+            if bucket:
+                self.remote_unusable(f"bucket {bucket!r} not found: {_describe(error)}")
+        except Exception as error:  # anything: network, credentials, the server's answers
+            self._give_up(error)
+
+    # -- entries --------------------------------------------------------------
+
+    def read(self, key: str, mmap: bool = False) -> Entry | None:
+        entry = super().read(key, mmap=mmap)
+        if entry is not None or not self.remote_usable or not self._download(key):
+            return entry
+        try:
+            return super().read(key, mmap=mmap)
+        except CorruptFileError as error:
+            raise CorruptFileError(f"{error} (downloaded from {self.url})") from None
+
+    def _download(self, key: str) -> bool:
+        """Bring the remote entry into the local cache; False if there is none (or no remote)."""
+        target = self.entry_path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False  # the local store's own problem: its read and write report it
+        files = [("", target)] + [
+            (suffix, target.with_suffix(suffix)) for suffix in self._sidecars()
+        ]
+        downloaded: list[tuple[str, Path]] = []
+        try:
+            for suffix, local in files:
+                handle, temporary = temporary_beside(local)
+                os.close(handle)
+                downloaded.append((temporary, local))
+                try:
+                    self.fs.get_file(self.remote_path(key, suffix or ".memo"), temporary)
+                except FileNotFoundError:
+                    if not suffix:
+                        return False  # no such entry
+                    # A missing signature: the entry comes without it and is refused as
+                    # unsigned, which is the truth.
+                    Path(temporary).unlink(missing_ok=True)
+                    downloaded.pop()
+                except Exception as error:
+                    self._give_up(error)
+                    return False
+            # The entry last: a reader who finds it finds its signature beside it.
+            for temporary, local in reversed(downloaded):
+                os.replace(temporary, local)
+            downloaded.clear()
+            return True
+        except OSError:
+            return False  # a local file could not be made: the entry stays a miss
+        finally:
+            for temporary, _ in downloaded:
+                Path(temporary).unlink(missing_ok=True)
+
+    def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
+        size = super().write(key, info, value, compress=compress)
+        if self.remote_usable and not self._uploads_off:
+            self._upload(key)
+        return size
+
+    def _upload(self, key: str) -> None:
+        local = self.entry_path(key)
+        # The signature first: a reader who finds the entry finds its signature too.
+        suffixes = [suffix for suffix in self._sidecars() if local.with_suffix(suffix).exists()]
+        try:
+            for suffix in [*suffixes, ".memo"]:
+                self._publish(local.with_suffix(suffix), self.remote_path(key, suffix))
+        except PermissionError as error:
+            self._read_only(error)
+        except Exception as error:
+            self._give_up(error)
+
+    def _publish(self, local: Path, remote: str) -> None:
+        fs = self.fs
+        if self._atomic_put():
+            fs.put_file(str(local), remote)
+            return
+        directory, _, name = remote.rpartition("/")
+        fs.makedirs(directory, exist_ok=True)
+        temporary = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            fs.put_file(str(local), temporary)
+            fs.mv(temporary, remote)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(temporary)
+            raise
+
+    def created_before(self, key: str, moment: float) -> bool:
+        if self.entry_path(key).exists() or not self.remote_usable:
+            return super().created_before(key, moment)
+        try:
+            modified = self.fs.modified(self.remote_path(key)).timestamp()
+        except FileNotFoundError:
+            return False
+        except NotImplementedError:
+            return True  # cannot tell: --memo-refresh recomputes it
+        except Exception as error:
+            self._give_up(error)
+            return False
+        return bool(modified < moment)
+
+    def clear(self, fixture: str | None = None) -> int:
+        """Remove every entry (or a fixture's), here and in the remote.
+
+        The remote has no index: for one fixture, its entries in the remote are those this
+        machine's cache knows of.
+        """
+        doomed = [entry.key for entry in self.listing() if entry.fixture == fixture]
+        count = super().clear(fixture)
+        if not self.remote_usable:
+            return count
+        try:
+            if fixture is None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(f"{self._path}/{LAYOUT}", recursive=True)
+            for key in doomed:
+                for suffix in (".memo", ".sig"):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm_file(self.remote_path(key, suffix))
+        except Exception as error:
+            self._give_up(error)
+        return count
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".rstrip(": ")
+
+
+def open_filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path in it; raises pytest.UsageError when
+    the packages it needs are missing or the options do not suit it."""
+    protocol = url.split("://", 1)[0].lower()
+    extra = EXTRAS.get(protocol, "remote")
+    install = f"pip install 'pytest-memo[{extra}]'"
+    try:
+        import fsspec
+    except ImportError:
+        raise pytest.UsageError(
+            f"--memo-dir / memo_dir {url!r} is a URL, which needs fsspec: {install}"
+        ) from None
+    options = _with_defaults(protocol, options)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+    except ImportError as error:
+        raise pytest.UsageError(
+            f"--memo-dir / memo_dir {url!r} needs the filesystem package for {protocol}:// "
+            f"({error}): {install}"
+        ) from None
+    except ValueError as error:  # an unknown protocol
+        raise pytest.UsageError(f"--memo-dir / memo_dir {url!r}: {error}") from None
+    except Exception as error:  # options the filesystem does not take
+        raise pytest.UsageError(
+            f"--memo-dir / memo_dir {url!r}: cannot open it with these storage options "
+            f"({type(error).__name__}: {error}); see memo_storage_options"
+        ) from None
+    if protocol in ("s3", "s3a") and hasattr(fs, "retries"):
+        fs.retries = S3_RETRIES  # a class attribute of s3fs, not an option
+    return fs, str(path).rstrip("/")
+
+
+def _with_defaults(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
+    options = dict(options)
+    if protocol in ("s3", "s3a"):
+        options["config_kwargs"] = {**S3_CONFIG, **options.get("config_kwargs", {})}
+        # botocore reads these itself since 1.31; older ones need them passed.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        client_kwargs = options.get("client_kwargs", {})
+        if endpoint and "endpoint_url" not in options and "endpoint_url" not in client_kwargs:
+            options["endpoint_url"] = endpoint
+    return options
+
+
+def remote_store(config: pytest.Config, url: str) -> RemoteStore:
+    """The store of ``--memo-dir=URL``, with the ``memo_storage_options`` ini option."""
+    text = config.getini("memo_storage_options")
+    try:
+        options = json.loads(text) if text else {}
+    except json.JSONDecodeError as error:
+        raise pytest.UsageError(f"memo_storage_options is not valid JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise pytest.UsageError("memo_storage_options must be a JSON object (a dict of options)")
+
+    def warn(message: str) -> None:
+        # A configuration-time warning reaches the summary from any phase of the run,
+        # including pytest_configure, where the remote is first tried.
+        config.issue_config_time_warning(_memo_warning(message), stacklevel=2)
+
+    store = RemoteStore(
+        local_cache(config.rootpath, url),
+        url,
+        options,
+        secret=secret_from_environment(),
+        warn=warn,
+    )
+    if getattr(config, "workerinput", {}).get(WORKER_INPUT):
+        store.remote_unusable()  # the main process has warned about it
+    return store
+
+
+def _memo_warning(message: str) -> Warning:
+    from pytest_memo.fixture_memo import MemoWarning
+
+    return MemoWarning(f"pytest-memo: {message}")
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(_memo_warning(message), stacklevel=3)

@@ -1,0 +1,386 @@
+"""A shared remote store: ``--memo-dir=s3://bucket/prefix`` and other fsspec URLs.
+
+The S3 tests talk to a real S3-compatible server, moto's, started on the loopback
+interface by this module; pytest runs in subprocesses find it through the standard
+``AWS_ENDPOINT_URL`` variable, as they would find any S3-compatible endpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memo_suite import SPEED_FLAGS, MemoSuite
+
+from pytest_memo.remote import RemoteStore, local_cache, open_filesystem
+from pytest_memo.store import EntryInfo
+
+HAVE_S3 = all(importlib.util.find_spec(name) for name in ("moto", "s3fs", "boto3", "flask"))
+needs_s3 = pytest.mark.skipif(
+    not HAVE_S3,
+    reason="needs moto[server], boto3 and s3fs for a local S3 server: pip install -e '.[dev]'",
+)
+needs_fsspec = pytest.mark.skipif(
+    importlib.util.find_spec("fsspec") is None, reason="needs fsspec: pip install -e '.[dev]'"
+)
+
+CONFTEST = """
+import numpy as np
+
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo(mmap=True)
+def data():
+    record("data")
+    return {"answer": 42, "array": np.arange(1000.0)}
+"""
+TESTS = """
+def test_answer(data):
+    assert data["answer"] == 42
+
+def test_array(data):
+    assert data["array"].sum() == 499500.0
+"""
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def use_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """The standard variables that botocore (and so s3fs) reads; no real AWS setting leaks in."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class Bucket:
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+
+        self.name = f"memo-{uuid.uuid4().hex[:12]}"
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        self.client.create_bucket(Bucket=self.name)
+
+    def keys(self) -> list[str]:
+        listing = self.client.list_objects_v2(Bucket=self.name)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+    def url(self, prefix: str = "team/cache") -> str:
+        return f"s3://{self.name}/{prefix}"
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    use_endpoint(monkeypatch, s3_endpoint)
+    return Bucket(s3_endpoint)
+
+
+@pytest.fixture
+def project(suite: MemoSuite) -> MemoSuite:
+    suite.write("conftest.py", CONFTEST)
+    suite.write("test_it.py", TESTS)
+    return suite
+
+
+class Checkout:
+    """A copy of the suite in another directory, with no local store: another CI machine."""
+
+    def __init__(self, project: MemoSuite, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.project, self.path, self.monkeypatch = project, path, monkeypatch
+        shutil.copytree(
+            project.path,
+            path,
+            ignore=shutil.ignore_patterns(".pytest_memo", "calls.txt", "stdout", "stderr"),
+        )
+
+    def run(self, *args: str) -> pytest.RunResult:
+        with self.monkeypatch.context() as patch:
+            patch.chdir(self.path)  # the suite's calls.txt is relative to the working directory
+            return self.project.pytester.run(
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                *SPEED_FLAGS,
+                *args,
+                timeout=120,
+            )
+
+    def calls(self) -> list[str]:
+        path = self.path / "calls.txt"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def elsewhere(
+    project: MemoSuite, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    def make() -> Checkout:
+        return Checkout(project, tmp_path_factory.mktemp("checkout") / "repo", monkeypatch)
+
+    yield make
+
+
+def entry_keys(keys: list[str]) -> list[str]:
+    return [key for key in keys if key.endswith(".memo")]
+
+
+# -- S3 ---------------------------------------------------------------------------------
+
+
+@needs_s3
+def test_a_cold_run_fills_the_bucket_and_another_checkout_hits_it(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    url = bucket.url()
+    result = project.run_subprocess(f"--memo-dir={url}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["memo: 0 hits*1 miss*"])
+    assert project.calls() == ["data"]
+    (key,) = entry_keys(bucket.keys())
+    assert key.startswith("team/cache/v1/entries/")
+    # The local cache holds the entry, the index and the locks; no store at .pytest_memo/v1.
+    assert len(project.entries(str(local_cache(project.path, url).relative_to(project.path))))
+    assert not (project.path / ".pytest_memo" / "v1" / "entries").exists()
+    assert (project.path / ".pytest_memo" / ".gitignore").exists()
+
+    other = elsewhere()
+    result = other.run(f"--memo-dir={url}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["memo: 1 hit*0 misses*"])
+    assert other.calls() == []  # zero computations: downloaded from the bucket
+    assert local_cache(other.path, url).joinpath("v1", "index.sqlite").exists()
+    other.run(f"--memo-dir={url}").assert_outcomes(passed=2)  # now a local hit
+    assert other.calls() == []
+
+
+@needs_s3
+def test_the_url_can_come_from_the_ini_file_with_storage_options(
+    project: MemoSuite, bucket: Bucket, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    project.pytester.makeini(
+        f"[pytest]\nmemo_dir = {bucket.url('ini')}\n"
+        f'memo_storage_options = {{"endpoint_url": "{s3_endpoint}"}}\n'
+    )
+    project.run_subprocess().assert_outcomes(passed=2)
+    assert len(entry_keys(bucket.keys())) == 1
+
+
+@needs_s3
+def test_signed_entries_travel_with_their_signature(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_MEMO_SECRET", "team secret")
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
+    keys = bucket.keys()
+    assert len(entry_keys(keys)) == 1
+    assert [key for key in keys if key.endswith(".sig")]
+    other = elsewhere()
+    other.run(f"--memo-dir={url}").assert_outcomes(passed=2)  # no warning: it was signed
+    assert other.calls() == []
+
+    monkeypatch.setenv("PYTEST_MEMO_SECRET", "another secret")
+    third = elsewhere()
+    result = third.run(f"--memo-dir={url}")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*signature does not match*downloaded from s3://*"])
+    assert third.calls() == ["data"]
+
+
+@needs_s3
+def test_a_damaged_remote_entry_is_recomputed_and_replaced(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
+    (key,) = entry_keys(bucket.keys())
+    body = bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+    bucket.client.put_object(Bucket=bucket.name, Key=key, Body=body[: len(body) // 2])
+
+    other = elsewhere()
+    result = other.run(f"--memo-dir={url}")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*damaged entry of fixture 'data'*"])
+    assert other.calls() == ["data"]
+    third = elsewhere()  # the recomputed entry was uploaded over the damaged one
+    third.run(f"--memo-dir={url}").assert_outcomes(passed=2)
+    assert third.calls() == []
+
+
+@needs_s3
+def test_refresh_recomputes_entries_of_the_remote_too(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
+    other = elsewhere()
+    other.run(f"--memo-dir={url}", "--memo-refresh").assert_outcomes(passed=2)
+    assert other.calls() == ["data"]
+
+
+@needs_s3
+def test_clear_removes_the_entries_of_the_remote_too(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
+    other = elsewhere()
+    other.run(f"--memo-dir={url}", "--memo-clear").assert_outcomes(passed=2)
+    assert other.calls() == ["data"]  # not downloaded: recomputed, and uploaded again
+    assert len(entry_keys(bucket.keys())) == 1
+
+
+@needs_s3
+def test_forked_parallel_workers_use_the_remote(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}", "--par=2").assert_outcomes(passed=2)
+    assert project.calls() == ["data"]
+    assert len(entry_keys(bucket.keys())) == 1
+    other = elsewhere()
+    other.run(f"--memo-dir={url}", "-n", "2").assert_outcomes(passed=2)
+    assert other.calls() == []
+
+
+@needs_s3
+@pytest.mark.parametrize("workers", [(), ("-n", "2"), ("--par=2",)], ids=["serial", "xdist", "par"])
+def test_an_unreachable_endpoint_gives_one_warning_and_the_run_goes_on(
+    project: MemoSuite, monkeypatch: pytest.MonkeyPatch, workers: tuple[str, ...]
+) -> None:
+    use_endpoint(monkeypatch, f"http://127.0.0.1:{free_port()}")
+    url = "s3://nowhere/cache"
+    started = time.monotonic()
+    result = project.run_subprocess(f"--memo-dir={url}", *workers)
+    assert time.monotonic() - started < 30
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        ["*the remote store s3://nowhere/cache cannot be used*local cache*only*"]
+    )
+    assert project.calls() == ["data"]
+    # The local cache still works: the next run (the server still away) loads from it.
+    project.run_subprocess(f"--memo-dir={url}", *workers).assert_outcomes(passed=2, warnings=1)
+    assert project.calls() == ["data"]
+
+
+@needs_s3
+def test_a_missing_bucket_gives_one_warning(project: MemoSuite, bucket: Bucket) -> None:
+    result = project.run_subprocess(f"--memo-dir=s3://{bucket.name}-missing/cache")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*cannot be used*"])
+
+
+# -- other filesystems and errors ---------------------------------------------------------
+
+
+@needs_fsspec
+def test_file_urls_work_too(project: MemoSuite, tmp_path: Path, elsewhere: Any) -> None:
+    shared = tmp_path / "shared"
+    url = shared.as_uri()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
+    entries = list(shared.glob("v1/entries/*/*"))
+    assert [entry.suffix for entry in entries] == [".memo"]  # and no temporary file left
+    other = elsewhere()
+    other.run(f"--memo-dir={url}").assert_outcomes(passed=2)
+    assert other.calls() == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed here")
+@needs_fsspec
+def test_a_missing_filesystem_package_is_a_usage_error(project: MemoSuite) -> None:
+    result = project.run_subprocess("--memo-dir=gs://bucket/cache")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*gs://bucket/cache*gcsfs*"])
+    assert "pip install 'pytest-memo[gcs]'" in result.stderr.str()
+
+
+def test_without_fsspec_a_url_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # import fsspec raises ImportError
+    with pytest.raises(pytest.UsageError, match=r"needs fsspec: pip install 'pytest-memo\[s3\]'"):
+        open_filesystem("s3://bucket/cache", {})
+
+
+@needs_fsspec
+def test_bad_storage_options_are_a_usage_error(project: MemoSuite, tmp_path: Path) -> None:
+    url = (tmp_path / "shared").as_uri()
+    project.pytester.makeini(f"[pytest]\nmemo_dir = {url}\nmemo_storage_options = {{nope\n")
+    result = project.run_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*memo_storage_options is not valid JSON*"])
+
+
+@needs_fsspec
+def test_an_unknown_protocol_is_a_usage_error(project: MemoSuite) -> None:
+    result = project.run_subprocess("--memo-dir=nosuchfs://bucket/cache")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*nosuchfs://bucket/cache*"])
+
+
+@needs_fsspec
+def test_refused_uploads_leave_the_remote_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = (tmp_path / "shared").as_uri()
+    info = EntryInfo(fixture="f", source="conftest.py", slot="s", seconds=1.0, created=0.0)
+    warnings: list[str] = []
+    writer = RemoteStore(tmp_path / "writer", url, warn=warnings.append)
+    writer.prepare()
+    writer.write("a1" * 16, info, "shared value")
+
+    reader = RemoteStore(tmp_path / "reader", url, warn=warnings.append)
+    reader.prepare()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError("Access Denied")
+
+    monkeypatch.setattr(reader.fs, "put_file", refuse)
+    reader.write("b2" * 16, info, "computed here")
+    assert len(warnings) == 1
+    assert "used read-only" in warnings[0]
+    entry = reader.read("a1" * 16)  # reads go on
+    assert entry is not None
+    assert entry.value == "shared value"
+    reader.write("c3" * 16, info, "computed here too")
+    assert len(warnings) == 1  # once per run
+    assert reader.read("b2" * 16) is not None  # in the local cache
+    assert writer.read("b2" * 16) is None  # never reached the remote
