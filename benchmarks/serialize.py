@@ -1,12 +1,11 @@
-"""Hashing and serialization, measured side by side with joblib, pickle, numpy and blosc2.
+"""Hashing and serialization, measured side by side with joblib, pickle and numpy.
 
 Three datasets: a 100 MB random float64 array, a 100 MB smooth float64 array, and a
 "mixed" dict of three 8 MB arrays, 100,000 short strings and 20,000 small records.  For
 each: ``pytest_memo.hash`` against ``joblib.hash``; uncompressed ``dump``/``load`` against
 joblib, pickle (protocol 5), numpy and a plain write/read of the same bytes; lz4
-``dump``/``load`` against joblib's lz4; opening a file memory-mapped; and, for the two
-arrays, blosc2 (LZ4 + SHUFFLE on all cores) as a reference, through files and then codec
-against codec in memory.
+``dump``/``load`` against joblib's lz4; and opening a file memory-mapped.  The choice of
+compression library is measured by ``benchmarks/codecs.py``.
 
     python benchmarks/serialize.py [--quick] [--repeat N]
 
@@ -35,15 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import blosc2
+import blosc
 import cloudpickle
 import joblib
-import lz4
 import numpy as np
 import xxhash
 
 import pytest_memo
-from pytest_memo import codecs, dump, load
+from pytest_memo import dump, load
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1e6
@@ -325,88 +323,6 @@ def bench_mmap(data: Dataset, directory: Path, repeat: int) -> list[Row]:
     return [row]
 
 
-def bench_blosc2(data: Dataset, directory: Path, repeat: int) -> list[Row]:
-    """blosc2 (LZ4 + SHUFFLE on all cores) as a dump/load would use it, then codecs alone.
-
-    Files: compress2 then write the result; read the file then decompress2 into a new
-    array.  In memory: ours (shuffle + lz4 block per 1 MiB chunk on the thread pool, as
-    dump and load run it) against compress2 and decompress2 into a new array.
-    """
-    value = data.value
-    cores = os.cpu_count() or 1
-    params = {
-        "codec": blosc2.Codec.LZ4,
-        "filters": [blosc2.Filter.SHUFFLE],
-        "typesize": value.dtype.itemsize,
-        "nthreads": cores,
-    }
-    ours_path, peer_path = directory / "ours-lz4.memo", directory / "peer.b2"
-
-    def blosc_dump() -> None:
-        write_plain(blosc2.compress2(value, **params), peer_path)
-
-    def blosc_load() -> Any:
-        out = np.empty_like(value)  # decompressed in place, as a loader would
-        with open(peer_path, "rb") as file:
-            blosc2.decompress2(file.read(), dst=out, nthreads=cores)
-        return out
-
-    ours_dump = median_time(
-        lambda: dump(value, ours_path, compress="lz4"), repeat, remover(ours_path)
-    )
-    ours_load = median_time(lambda: load(ours_path), repeat)
-    peer_dump = median_time(blosc_dump, repeat, remover(peer_path))
-    peer_load = median_time(blosc_load, repeat)
-    assert np.array_equal(blosc_load(), value)
-    ours_size, peer_size = ours_path.stat().st_size, peer_path.stat().st_size
-    ours_path.unlink()
-    peer_path.unlink()
-
-    # The codecs alone, in memory: ours is what dump and load run per section (byte shuffle
-    # and lz4 block on 1 MiB chunks on the shared thread pool), without checksums or I/O.
-    codec = codecs.parse_compress("lz4")
-    assert codec is not None
-    width = codecs.shuffle_width(value.dtype.itemsize)
-    raw = value.reshape(-1).view(np.uint8)
-    step = (1 << 20) - (1 << 20) % width
-    starts = range(0, raw.nbytes, step)
-
-    def ours_compress() -> list[bytes]:
-        pieces = (raw[low : low + step] for low in starts)
-        return list(codecs.map_ordered(lambda p: codec.compress(codecs.shuffle(p, width)), pieces))
-
-    packed = ours_compress()
-
-    def ours_decompress() -> Any:
-        out = np.empty(raw.nbytes, dtype=np.uint8)
-
-        def unpack(job: tuple[int, bytes]) -> None:
-            low, data = job
-            target = out[low : low + step]
-            codecs.unshuffle_into(codec.decompress(data, target.nbytes), width, target)
-
-        for _ in codecs.map_ordered(unpack, zip(starts, packed, strict=True)):
-            pass
-        return out
-
-    assert np.array_equal(ours_decompress(), raw)
-    blob = blosc2.compress2(value, **params)
-    ours_c = median_time(ours_compress, repeat)
-    ours_d = median_time(ours_decompress, repeat)
-    peer_c = median_time(lambda: blosc2.compress2(value, **params), repeat)
-    peer_d = median_time(
-        lambda: blosc2.decompress2(blob, dst=np.empty_like(value), nthreads=cores), repeat
-    )
-    name = "blosc2"
-    return [
-        speed_row(data, "lz4 dump vs blosc2", ours_dump, name, peer_dump),
-        speed_row(data, "lz4 load vs blosc2", ours_load, name, peer_load),
-        size_row(data, "lz4 size vs blosc2", ours_size, name, peer_size, None),
-        speed_row(data, "codec only: compress", ours_c, "blosc2.compress2", peer_c),
-        speed_row(data, "codec only: decompress", ours_d, "blosc2.decompress2", peer_d),
-    ]
-
-
 # -- report --------------------------------------------------------------------
 
 
@@ -434,7 +350,7 @@ def machine() -> list[str]:
         commit = "unknown"
     versions = ", ".join(
         f"{module.__name__} {getattr(module, '__version__', None) or module.VERSION}"
-        for module in (pytest_memo, np, joblib, lz4, blosc2, xxhash, cloudpickle)
+        for module in (pytest_memo, np, joblib, blosc, xxhash, cloudpickle)
     )
     return [
         f"- CPU: {model}, {os.cpu_count()} cores ({usable} usable)",
@@ -495,7 +411,6 @@ def main() -> None:
             ("uncompressed", lambda d: bench_uncompressed(d, directory, repeat), data),
             ("lz4", lambda d: bench_lz4(d, directory, repeat), data),
             ("mmap", lambda d: bench_mmap(d, directory, repeat), arrays),
-            ("blosc2", lambda d: bench_blosc2(d, directory, repeat), arrays),
         ]
         for section, run, items in sections:
             for item in items:

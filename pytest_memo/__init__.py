@@ -1,6 +1,6 @@
 """pytest-memo: memoized fixtures, fast array serialization and hashing, a parallel runner.
 
-Importing it is cheap: numpy, cloudpickle and lz4 load when ``dump`` or ``load`` is first
+Importing it is cheap: numpy, cloudpickle and blosc load when ``dump`` or ``load`` is first
 used, not when pytest loads the plugin.
 """
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import pytest_memo
-from pytest_memo import CorruptFileError, dump, load
-from pytest_memo.serialize import OUT_OF_BAND_MIN_BYTES
+from pytest_memo import CorruptFileError, codecs, dump, load
+from pytest_memo.serialize import FORMAT_VERSION, OUT_OF_BAND_MIN_BYTES
 
 COMPRESSIONS = [None, "lz4", "zlib", "gzip", "bz2", "lzma", "xz", ("lz4", 1), ("lz4", 5), True, 3]
 
@@ -247,19 +247,49 @@ def test_mmap_mode_checks_array_data_with_verify(tmp_path: Path) -> None:
         load(path)
 
 
+def set_format_version(path: Path, version: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[8:12] = version.to_bytes(4, "little")
+    data[40:48] = xxhash.xxh3_64_intdigest(bytes(data[:40])).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+
+
 def test_wrong_magic_and_future_versions_are_named(tmp_path: Path) -> None:
     path = tmp_path / "value.memo"
     path.write_bytes(b"not ours at all" * 10)
     with pytest.raises(CorruptFileError, match="not a pytest-memo file"):
         load(path)
     dump([1], path)
-    data = bytearray(path.read_bytes())
-    data[8:12] = (2).to_bytes(4, "little")
-    data[40:48] = xxhash.xxh3_64_intdigest(bytes(data[:40])).to_bytes(8, "little")
-    path.write_bytes(bytes(data))
+    set_format_version(path, FORMAT_VERSION + 1)
     with pytest.raises(CorruptFileError, match=r"newer pytest-memo.*upgrade pytest-memo"):
         load(path)
 
 
+def test_lz4_files_of_the_first_format_are_refused_by_name(tmp_path: Path) -> None:
+    """Format 1 stored lz4 chunks in another layout: never decode them as Blosc's."""
+    path = tmp_path / "value.memo"
+    dump(big(), path, compress="lz4")
+    set_format_version(path, 1)
+    with pytest.raises(CorruptFileError, match=r"format version 1.*dump the value again"):
+        load(path)
+    dump(big(), path)  # uncompressed files of format 1 are the same as today's
+    set_format_version(path, 1)
+    np.testing.assert_array_equal(load(path), big())
+
+
 def test_the_error_is_a_value_error() -> None:
     assert issubclass(CorruptFileError, ValueError)
+
+
+def test_lz4_chunks_are_checked_against_their_size_before_decompressing() -> None:
+    codec = codecs.parse_compress("lz4")
+    assert codec is not None
+    values = np.arange(1000.0)
+    packed = codec.pack(values.view(np.uint8), 8)
+    restored = np.empty(8000, dtype=np.uint8)
+    codec.unpack_into(packed, 8, restored)
+    np.testing.assert_array_equal(restored.view(np.float64), values)
+    with pytest.raises(ValueError, match="expected 4000"):
+        codec.unpack_into(packed, 8, np.empty(4000, dtype=np.uint8))
+    with pytest.raises(ValueError):
+        codec.unpack_into(b"not a Blosc buffer" * 10, 8, restored)
