@@ -1,11 +1,12 @@
 """The parallel runner, measured side by side with serial pytest and pytest-xdist.
 
-    python benchmarks/parallel.py [--repeat N] [--pyargs PACKAGE ...]
+    python benchmarks/parallel.py [--repeat N] [--pyargs PACKAGE ... [--pyargs-repeat N]]
 
 Each figure is the wall time of a complete pytest process (median of N runs), with only
 pytest-memo and pytest-xdist loaded. ``--pyargs`` adds real-world suites: the tests an
-installed package ships (for example ``--pyargs networkx.algorithms``), comparing outcome
-counts and times of serial, ``-n 2`` and ``--par=2``.
+installed package ships (for example ``--pyargs networkx numpy.lib``), comparing outcome
+counts and times of serial, ``-n 2`` and ``--par=2`` (one run each unless
+``--pyargs-repeat`` says otherwise: they take minutes).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pyargs", nargs="*", default=[], metavar="PACKAGE")
+    parser.add_argument("--pyargs-repeat", type=int, default=1, metavar="N")
     options = parser.parse_args()
     import pytest
     import xdist
@@ -150,7 +152,7 @@ def main() -> None:
     many = scenario("2000 trivial tests", MANY, two, options.repeat)
     verdict("--par=2 within 1.15x of serial", many["--par=2"] <= 1.15 * many["serial"])
     for package in options.pyargs:
-        real_world(package, options.repeat)
+        real_world(package, options.pyargs_repeat)
 
 
 if __name__ == "__main__":

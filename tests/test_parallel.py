@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,12 +157,15 @@ def test_before():
     pass
 
 def test_exit():
+    print("printed before os._exit", flush=True)
     os._exit(3)
 
 def test_segfault():
+    os.write(2, b"written to stderr before SIGSEGV")
     os.kill(os.getpid(), signal.SIGSEGV)
 
 def test_slow():
+    print("printed before the timeout", flush=True)
     time.sleep(30)
 
 def test_after_1():
@@ -187,6 +191,14 @@ def test_crashes_and_timeouts_fail_alone(pytester: pytest.Pytester) -> None:
             "*test_slow timed out after*--par-timeout=2*",
         ]
     )
+    # What each test printed before its worker died is kept with its failure.
+    output = result.stdout.str()
+    for title, text in [
+        ("Captured stdout before the worker stopped", "printed before os._exit"),
+        ("Captured stderr before the worker stopped", "written to stderr before SIGSEGV"),
+        ("Captured stdout before the worker stopped", "printed before the timeout"),
+    ]:
+        assert re.search(f"{title} -+\n{text}", output), (title, text)
 
 
 def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:

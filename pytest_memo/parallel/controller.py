@@ -16,13 +16,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -47,6 +48,23 @@ class _Worker:
     said_bye: bool = False
     timed_out: bool = False
     process: subprocess.Popen[bytes] | None = None  # spawned, not forked
+    output: tuple[IO[bytes], IO[bytes]] | None = None  # its capture files (stdout, stderr)
+
+    def output_so_far(self) -> list[tuple[str, str]]:
+        """What the test it was running printed, as report sections (nothing if empty)."""
+        if self.output is None:
+            return []
+        sections = []
+        for stream, file in zip(("stdout", "stderr"), self.output, strict=True):
+            file.seek(0)
+            text = file.read().decode("utf-8", "replace")
+            if text:
+                sections.append((f"Captured {stream} before the worker stopped", text))
+        return sections
+
+    def close_output(self) -> None:
+        for file in self.output or ():
+            file.close()
 
     def kill(self) -> None:
         if self.process is not None:
@@ -189,6 +207,11 @@ class Controller:
     def _fork_worker(self) -> None:
         command_reader, command_writer = Pipe(duplex=False)
         result_reader, result_writer = Pipe(duplex=False)
+        # Capture files the worker writes and this process can still read after it died;
+        # _Worker.close_output closes them.
+        output = None
+        if self.config.getoption("capture", "fd") == "fd":
+            output = (tempfile.TemporaryFile(), tempfile.TemporaryFile())  # noqa: SIM115
         sys.stdout.flush()
         sys.stderr.flush()
         # Frozen objects are left out of every garbage collection: a worker never scans
@@ -204,23 +227,24 @@ class Controller:
                 other.results.close()
             command_writer.close()
             result_reader.close()
-            run_worker(self.session, command_reader, result_writer, self.hooks.worker_finish)
+            run_worker(
+                self.session, command_reader, result_writer, self.hooks.worker_finish, output
+            )
         command_reader.close()
         result_writer.close()
-        self.workers.append(_Worker(pid, command_writer, result_reader))
+        self.workers.append(_Worker(pid, command_writer, result_reader, output=output))
 
     def _worker_gone(self, worker: _Worker) -> None:
         self.workers.remove(worker)
         worker.commands.close()
         worker.results.close()
         status = worker.reap()
-        if worker.said_bye:  # a clean exit; after STOP its unstarted items are dropped
-            return
-        if worker.assigned:
-            crashed = worker.assigned.popleft()
-            self._report_crash(crashed, worker, status)
+        crashed = not worker.said_bye  # after a clean exit (STOP), unstarted items are dropped
+        if crashed and worker.assigned:
+            self._report_crash(worker.assigned.popleft(), worker, status)
             self.pending.extendleft([index] for index in reversed(worker.assigned))
-        if self.pending and not self.stopping:
+        worker.close_output()
+        if crashed and self.pending and not self.stopping:
             self._start_workers(1)
 
     def _report_crash(self, index: int, worker: _Worker, status: str) -> None:
@@ -238,6 +262,7 @@ class Controller:
             outcome="failed",
             longrepr=f"{item.nodeid} {why}; a new worker took over the remaining tests",
             when="call",
+            sections=worker.output_so_far(),
             duration=elapsed,
         )
         replay(self.config, item_events(item, [report]), self.durations)
@@ -256,6 +281,7 @@ class Controller:
             worker.kill()
         for worker in self.workers:
             worker.reap()
+            worker.close_output()
         self.workers.clear()
 
 

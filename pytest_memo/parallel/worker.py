@@ -14,9 +14,10 @@ import traceback
 import warnings
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import IO, Any
 
 import pytest
+from _pytest.capture import FDCapture
 
 # Messages, controller -> worker
 RUN = "run"  # ("run", [item indices]): append to the queue
@@ -74,9 +75,16 @@ class _EventRecorder:
 
 
 def run_worker(
-    session: pytest.Session, commands: Connection, results: Connection, finish: Any
+    session: pytest.Session,
+    commands: Connection,
+    results: Connection,
+    finish: Any,
+    output: tuple[IO[bytes], IO[bytes]] | None = None,
 ) -> None:
-    """Entry point in the forked child; never returns."""
+    """Entry point in the forked child; never returns.
+
+    ``output``: files, open in the controller too, to capture stdout and stderr into.
+    """
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller handles Ctrl-C
@@ -85,7 +93,7 @@ def run_worker(
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
-        _fresh_capture(config)
+        _fresh_capture(config, output)
         recorder = _EventRecorder(config)
         config.pluginmanager.register(recorder, "pytest_memo.parallel.recorder")
         # Registering replays the historic pytest_warning_recorded calls made before the
@@ -102,14 +110,26 @@ def run_worker(
         os._exit(code)
 
 
-def _fresh_capture(config: pytest.Config) -> None:
+def _fresh_capture(config: pytest.Config, output: tuple[IO[bytes], IO[bytes]] | None) -> None:
     """Give this worker its own capture files: the inherited ones are shared with the
-    main process and every other worker, and would mix their output."""
+    main process and every other worker, and would mix their output.
+
+    With fd capture (the default) and ``output``, the capture files are those: the
+    controller reads what a test printed before it killed its worker."""
     capture = config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None and capture.is_globally_capturing():
-        capture.stop_global_capturing()
-        capture.start_global_capturing()
-        capture.suspend_global_capture()
+    if capture is None or not capture.is_globally_capturing():
+        return
+    capture.stop_global_capturing()
+    capture.start_global_capturing()
+    capture.suspend_global_capture()
+    if output is None:  # a spawned worker, or not fd capture
+        return
+    captures = getattr(capture, "_global_capturing", None)
+    for name, shared in zip(("out", "err"), output, strict=True):
+        fd_capture = getattr(captures, name, None)
+        if isinstance(fd_capture, FDCapture):
+            # The capture's own file descriptor now refers to the shared file.
+            os.dup2(shared.fileno(), fd_capture.tmpfile.fileno())
 
 
 def _loop(
