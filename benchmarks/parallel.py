@@ -2,7 +2,8 @@
 
     python benchmarks/parallel.py [--repeat N] [--pyargs PACKAGE ... [--pyargs-repeat N]]
 
-Each figure is the wall time of a complete pytest process (median of N runs), with only
+Each figure is the wall time of a complete pytest process (median of N runs, the variants
+taking turns), with only
 pytest-memo and pytest-xdist loaded. ``--pyargs`` adds real-world suites: the tests an
 installed package ships (for example ``--pyargs networkx numpy.lib``), comparing outcome
 counts and times of serial, ``-n 2`` and ``--par=2`` (one run each unless
@@ -64,10 +65,6 @@ def run(directory: Path, *args: str) -> tuple[float, str]:
     return elapsed, summary
 
 
-def median(directory: Path, repeat: int, *args: str) -> float:
-    return statistics.median(run(directory, *args)[0] for _ in range(repeat))
-
-
 def scenario(
     title: str, source: str, variants: list[tuple[str, tuple[str, ...]]], repeat: int
 ) -> dict[str, float]:
@@ -75,7 +72,13 @@ def scenario(
         directory = Path(temporary)
         (directory / "pytest.ini").write_text("[pytest]\n")
         (directory / "test_suite.py").write_text(source)
-        times = {label: median(directory, repeat, *args) for label, args in variants}
+        # Round-robin: a noisy spell on the shared machine slows one run of each variant,
+        # not every run of one variant.
+        runs: dict[str, list[float]] = {label: [] for label, _ in variants}
+        for _ in range(repeat):
+            for label, args in variants:
+                runs[label].append(run(directory, *args)[0])
+        times = {label: statistics.median(seconds) for label, seconds in runs.items()}
     serial = times["serial"]
     print(f"\n{title}\n")
     print("| run | wall time | vs serial |")
