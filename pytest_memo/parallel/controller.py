@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
@@ -65,6 +65,12 @@ class _Worker:
     def close_output(self) -> None:
         for file in self.output or ():
             file.close()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        # If it died (BrokenPipeError) and its results pipe has not said so yet, the main
+        # loop learns it from there, and reports and requeues what it was given.
+        with contextlib.suppress(OSError):
+            self.commands.send(message)
 
     def kill(self) -> None:
         if self.process is not None:
@@ -154,11 +160,11 @@ class Controller:
                 while self.pending and len(batch) < target:
                     batch.extend(self.pending.popleft())
                 worker.assigned.extend(batch)
-                worker.commands.send((protocol.RUN, batch))
+                worker.send((protocol.RUN, batch))
             if not self.pending:
                 # Say so at once: a worker holding a single item waits to learn whether
                 # another follows before it runs it (pytest needs the next item).
-                worker.commands.send((protocol.END,))
+                worker.send((protocol.END,))
                 worker.ended = True
 
     def _target_queue_length(self) -> int:
@@ -172,7 +178,7 @@ class Controller:
         self.pending.clear()
         for worker in self.workers:
             if not worker.ended:
-                worker.commands.send((protocol.STOP,))
+                worker.send((protocol.STOP,))
                 worker.ended = True
 
     # -- messages -------------------------------------------------------------
@@ -220,19 +226,22 @@ class Controller:
         # which stay shared with the main process instead of being copied.  The main
         # process keeps them frozen until the run ends, for the same saving.
         gc.freeze()
-        pid = os.fork()
-        if pid == 0:  # the child: keep only its own two ends
-            for other in self.workers:
-                other.commands.close()
-                other.results.close()
-            command_writer.close()
-            result_reader.close()
-            run_worker(
-                self.session, command_reader, result_writer, self.hooks.worker_finish, output
-            )
-        command_reader.close()
-        result_writer.close()
-        self.workers.append(_Worker(pid, command_writer, result_reader, output=output))
+        # Ctrl-C waits until the worker is on the list, where it is stopped with the rest
+        # (a KeyboardInterrupt right after fork would leave it running on its own).
+        with _sigint_deferred():
+            pid = os.fork()
+            if pid == 0:  # the child: keep only its own two ends
+                for other in self.workers:
+                    other.commands.close()
+                    other.results.close()
+                command_writer.close()
+                result_reader.close()
+                run_worker(
+                    self.session, command_reader, result_writer, self.hooks.worker_finish, output
+                )
+            command_reader.close()
+            result_writer.close()
+            self.workers.append(_Worker(pid, command_writer, result_reader, output=output))
 
     def _worker_gone(self, worker: _Worker) -> None:
         self.workers.remove(worker)
@@ -283,6 +292,20 @@ class Controller:
             worker.reap()
             worker.close_output()
         self.workers.clear()
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT back for the block (it is delivered when the block ends); forked
+    children start with it held back, and unblock it once they ignore it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _describe_exit(signal_number: int, code: int) -> str:

@@ -88,6 +88,8 @@ def run_worker(
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller handles Ctrl-C
+        if hasattr(signal, "pthread_sigmask"):  # held back by the controller around fork
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         config = session.config
         for name in MAIN_ONLY_PLUGINS:
             plugin = config.pluginmanager.get_plugin(name)
