@@ -103,7 +103,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 def _show(config: pytest.Config, session: pytest.Session) -> int:
     store = _store(config)
-    entries = store.listing()
+    try:
+        entries = store.listing()
+    finally:
+        store.close()
     writer = config.get_terminal_writer()
     writer.sep("-", f"pytest-memo store: {store.root}")
     if not entries:
@@ -255,6 +258,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if config.get_verbosity() > 0:
         for line in memo.stats.table():
             terminalreporter.write_line("  " + line)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    memo = config.stash.get(MEMO, None)
+    if memo is not None and memo.settings.store is not None:
+        memo.settings.store.close()
 
 
 def _display_path(path: Path, rootdir: Path) -> str:

@@ -103,6 +103,11 @@ class Store:
         self.secret = secret
         self.base = root / LAYOUT
         self._local = threading.local()
+        # Every index connection this object opened, with the process that opened it:
+        # close() closes this process's own (never a parent's, inherited by a fork).
+        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._connections_lock = threading.Lock()
+        self._generation = 0  # bumped by close(): threads then open new connections
         self._pending_hits: dict[str, int] = {}
         self._pending_lock = threading.Lock()
         self._verified: set[tuple[int, int, int]] = set()
@@ -234,15 +239,34 @@ class Store:
     def _connection(self) -> sqlite3.Connection:
         # One connection per process and thread: SQLite connections survive neither a
         # fork nor sharing between threads.
-        owner = (os.getpid(), threading.get_ident())
+        owner = (os.getpid(), threading.get_ident(), self._generation)
         if getattr(self._local, "owner", None) != owner:
-            connection = sqlite3.connect(self.base / "index.sqlite", timeout=60)
+            # check_same_thread=False only so that close() can close the connections of
+            # threads that have finished; each thread still uses its own.
+            path = self.base / "index.sqlite"
+            connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+            with self._connections_lock:
+                self._connections.append((os.getpid(), connection))
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
             self._local.connection, self._local.owner = connection, owner
         connection_: sqlite3.Connection = self._local.connection
         return connection_
+
+    def close(self) -> None:
+        """Close the index connections this process opened; a later use opens new ones.
+
+        Left to the garbage collector, they would warn (ResourceWarning, Python 3.13+)
+        inside whatever test happens to be running, an error under ``-W error``."""
+        pid = os.getpid()
+        with self._connections_lock:
+            mine = [connection for owner, connection in self._connections if owner == pid]
+            self._connections = [item for item in self._connections if item[0] != pid]
+            self._generation += 1
+        for connection in mine:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
 
     def _index_insert(self, key: str, info: EntryInfo, size: int) -> None:
         now = time.time()

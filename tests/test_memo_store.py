@@ -735,3 +735,20 @@ def test_pytest_84_decorator_orders_and_a_hit(
         result.stdout.fnmatch_lines(["platform * pytest-8.4.*"])
         result.stdout.fnmatch_lines([f"memo: {run} hit* {1 - run} miss*"])
     assert suite.calls() == ["data"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists open files through /proc")
+@pytest.mark.parametrize("options", [(), ("--memo-show",)], ids=["run", "memo-show"])
+def test_a_run_leaves_no_index_connection_open(suite: MemoSuite, options: tuple[str, ...]) -> None:
+    """Connections left to the garbage collector warn (Python 3.13+) inside whatever test
+    is running then: an error for users who run with -W error."""
+    suite.write("conftest.py", DATA)
+    suite.write("test_it.py", TEST_SEEN)
+    suite.run()  # fills the store: there is an index to open
+    suite.run(*options)  # pytest in this process, so its open files are ours to see
+    index = (suite.path / ".pytest_memo" / "v1" / "index.sqlite").resolve()
+    open_files = {
+        Path(os.readlink(fd)) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()
+    }
+    assert index.exists()
+    assert index not in open_files

@@ -201,6 +201,14 @@ def test_crashes_and_timeouts_fail_alone(pytester: pytest.Pytester) -> None:
         assert re.search(f"{title} -+\n{text}", output), (title, text)
 
 
+def deliverable_sigint() -> None:
+    """Run in the child before exec: Ctrl-C reaches it as it would from a terminal,
+    whatever this test process inherited (bash starts background jobs with SIGINT
+    ignored, and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_sleepy="""
@@ -219,13 +227,19 @@ def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=deliverable_sigint,
     )
     deadline = time.monotonic() + 30
     while not (pytester.path / "pids.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=20)
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"still running 20 s after Ctrl-C:\n{output}")
     assert "KeyboardInterrupt" in output
     workers = {int(pid) for pid in (pytester.path / "pids.txt").read_text().split()}
     assert len(workers) == 2
