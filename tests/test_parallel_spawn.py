@@ -20,6 +20,7 @@ def test_skip():
     pass
 
 def test_crash():
+    print("printed before os._exit", flush=True)
     os._exit(5)
 """
 
@@ -42,7 +43,13 @@ def test_a_spawned_worker_that_crashes_is_replaced(pytester: pytest.Pytester) ->
         "-p", "no:cacheprovider", "--par=2", "--par-start=spawn", timeout=120
     )
     result.assert_outcomes(passed=6, failed=2, skipped=1)
-    result.stdout.fnmatch_lines(["*test_crash*crashed: its worker process exited with code 5*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_crash*crashed: its worker process exited with code 5*",
+            "*Captured stdout before the worker stopped*",
+            "printed before os._exit",
+        ]
+    )
 
 
 def test_different_collection_in_a_worker_is_a_clear_error(pytester: pytest.Pytester) -> None:

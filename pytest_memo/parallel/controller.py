@@ -207,8 +207,9 @@ class Controller:
             for _ in range(count):
                 self._fork_worker()
             return
-        for process, connection in self.spawner.start(count):
-            self.workers.append(_Worker(process.pid, connection, connection, process=process))
+        for process, connection, output in self.spawner.start(count):
+            worker = _Worker(process.pid, connection, connection, process=process, output=output)
+            self.workers.append(worker)
 
     def _fork_worker(self) -> None:
         command_reader, command_writer = Pipe(duplex=False)

@@ -12,11 +12,13 @@ import hashlib
 import os
 import secrets
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from multiprocessing.connection import Client, Connection, Listener
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -24,6 +26,9 @@ __all__ = ["SpawnedWorkers", "collected_digest", "serve_if_spawned"]
 
 ADDRESS_VARIABLE = "PYTEST_MEMO_PAR_CONTROLLER"
 KEY_VARIABLE = "PYTEST_MEMO_PAR_KEY"
+OUTPUT_VARIABLE = "PYTEST_MEMO_PAR_OUTPUT"  # the worker's capture files, os.pathsep between
+
+Output = tuple[IO[bytes], IO[bytes]]
 
 
 def collected_digest(items: Sequence[pytest.Item]) -> str:
@@ -50,14 +55,22 @@ class SpawnedWorkers:
         # tests print straight to the terminal, so then it keeps the terminal.
         capturing = config.getoption("capture") != "no"
         self._output = subprocess.DEVNULL if capturing else None
+        # With fd capture, each worker captures into files named here, which this process
+        # reads when a test kills its worker.
+        self._captures = tempfile.mkdtemp(prefix="pytest-memo-par-") if capturing else None
 
-    def start(self, count: int) -> list[tuple[subprocess.Popen[bytes], Connection]]:
-        processes = [
-            subprocess.Popen(
-                self._command, cwd=self._directory, env=self._environment, stdout=self._output
+    def start(self, count: int) -> list[tuple[subprocess.Popen[bytes], Connection, Output | None]]:
+        processes, outputs = [], {}
+        for _ in range(count):
+            environment, output = self._environment, self._capture_files()
+            if output is not None:
+                paths = os.pathsep.join(file.name for file in output)
+                environment = {**environment, OUTPUT_VARIABLE: paths}
+            process = subprocess.Popen(
+                self._command, cwd=self._directory, env=environment, stdout=self._output
             )
-            for _ in range(count)
-        ]
+            processes.append(process)
+            outputs[process.pid] = output
         by_pid = {process.pid: process for process in processes}
         started = []
         for _ in processes:
@@ -72,8 +85,17 @@ class SpawnedWorkers:
                     "collection must give the same test ids every time (check for random or "
                     "time-dependent parametrization)"
                 )
-            started.append((by_pid[pid], connection))
+            started.append((by_pid[pid], connection, outputs[pid]))
         return started
+
+    def _capture_files(self) -> Output | None:
+        if self._captures is None:
+            return None
+        files = [
+            tempfile.NamedTemporaryFile(dir=self._captures, delete=False)  # noqa: SIM115
+            for _ in range(2)
+        ]
+        return files[0], files[1]
 
     def _wait_for_connection(self, processes: list[subprocess.Popen[bytes]]) -> None:
         """Block until a worker connects; fail clearly if one exits first."""
@@ -90,6 +112,8 @@ class SpawnedWorkers:
 
     def close(self) -> None:
         self._listener.close()
+        if self._captures is not None:
+            shutil.rmtree(self._captures, ignore_errors=True)
 
 
 def serve_if_spawned(session: pytest.Session, finish: Any) -> bool:
@@ -103,5 +127,10 @@ def serve_if_spawned(session: pytest.Session, finish: Any) -> bool:
     connection.send(("hello", os.getpid(), collected_digest(session.items)))
     from pytest_memo.parallel.worker import run_worker
 
-    run_worker(session, connection, connection, finish)  # never returns
+    paths = os.environ.pop(OUTPUT_VARIABLE, "")
+    output = None
+    if paths:
+        out, err = (open(path, "r+b") for path in paths.split(os.pathsep))  # noqa: SIM115
+        output = (out, err)
+    run_worker(session, connection, connection, finish, output)  # never returns
     return True
