@@ -14,6 +14,7 @@ codecs are slow enough that a NumPy shuffle does not matter.
 from __future__ import annotations
 
 import bz2
+import functools
 import lzma
 import os
 import zlib
@@ -23,7 +24,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import blosc
 import numpy as np
 
 __all__ = ["Codec", "map_ordered", "parse_compress", "shuffle", "unshuffle_into"]
@@ -127,19 +127,27 @@ def _named_codec(name: str, level: int | None) -> Codec:
     return Codec(name, _DEFAULT_LEVELS[name] if level is None else level)
 
 
-# Blosc runs inside our pool, one chunk per call: no threads of its own, and the GIL
-# released during each call (python-blosc keeps it by default).
-blosc.set_nthreads(1)
-blosc.set_releasegil(True)
+@functools.cache
+def _blosc() -> Any:
+    """python-blosc, set up on first use: no threads of its own (it runs inside our pool,
+    one chunk per call) and the GIL released during each call (it keeps it by default).
+    These settings are process-wide, so they wait until lz4 is actually used."""
+    import blosc
+
+    blosc.set_nthreads(1)
+    blosc.set_releasegil(True)
+    return blosc
 
 
 def _blosc_pack(chunk: Any, width: int, level: int) -> bytes:
+    blosc = _blosc()
     mode = blosc.SHUFFLE if width > 1 else blosc.NOSHUFFLE
     data = np.frombuffer(chunk, dtype=np.uint8)
     return bytes(blosc.compress(data, typesize=width, clevel=level, shuffle=mode, cname="lz4"))
 
 
 def _blosc_unpack_into(data: Any, out: np.ndarray[Any, Any]) -> None:
+    blosc = _blosc()
     data = np.frombuffer(data, dtype=np.uint8)  # python-blosc wants a numpy array or bytes
     # Blosc writes as many bytes as its header says: check them before it writes any.
     raw_size, stored_size, _ = blosc.get_cbuffer_sizes(data)
