@@ -93,8 +93,6 @@ def test_outcomes_are_those_of_a_serial_run(mixed: pytest.Pytester, mode: str) -
     (mixed.path / "ran.txt").unlink()
     parallel = mixed.runpytest_subprocess(*FLAGS, "--par=3", f"--par-mode={mode}", timeout=120)
     expected, outcomes = serial.parseoutcomes(), parallel.parseoutcomes()
-    if mode == "thread":  # documented: warnings are not attributed to tests in thread mode
-        expected.pop("warnings")
     assert outcomes == expected
     rows = lines(mixed.path / "ran.txt")
     assert sorted(row[0] for row in rows) == serial_ran  # each test ran exactly once
@@ -105,8 +103,9 @@ def test_outcomes_are_those_of_a_serial_run(mixed: pytest.Pytester, mode: str) -
     parallel.stdout.fnmatch_lines(["*Captured stdout call*", "output of the failing test"])
 
 
-def test_verbose_output_and_warnings_are_replayed(mixed: pytest.Pytester) -> None:
-    result = mixed.runpytest_subprocess(*FLAGS, "--par=2", "-v", "-rA")
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_verbose_output_and_warnings_are_replayed(mixed: pytest.Pytester, mode: str) -> None:
+    result = mixed.runpytest_subprocess(*FLAGS, "--par=2", f"--par-mode={mode}", "-v", "-rA")
     result.stdout.fnmatch_lines_random(
         [
             "*test_mixed.py::test_param?0? PASSED*",
@@ -116,6 +115,41 @@ def test_verbose_output_and_warnings_are_replayed(mixed: pytest.Pytester) -> Non
             "PASSED test_mixed.py::test_param?7?",
         ]
     )
+    result.stdout.fnmatch_lines(["*warnings summary*", "test_mixed.py::test_warns", "*careful now"])
+
+
+WARNINGS = """
+import time, warnings, pytest
+
+@pytest.mark.parametrize("i", range(4))
+def test_warns_its_own(i):
+    time.sleep(0.1)  # the cases overlap in thread mode
+    warnings.warn(f"from case {i}", UserWarning)
+
+def test_deprecated():
+    warnings.warn("old api", DeprecationWarning)
+
+@pytest.mark.filterwarnings("ignore:noisy")
+def test_silenced_by_its_mark():
+    warnings.warn("noisy thing", UserWarning)
+
+def test_silenced_by_the_ini_file():
+    warnings.warn("ini-silenced", RuntimeWarning)
+"""
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_each_warning_is_reported_with_its_test(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(test_w=WARNINGS)
+    pytester.makeini("[pytest]\nfilterwarnings =\n    ignore::RuntimeWarning\n")
+    serial = pytester.runpytest_subprocess(*FLAGS)
+    parallel = pytester.runpytest_subprocess(*FLAGS, "--par=4", f"--par-mode={mode}")
+    assert parallel.parseoutcomes() == serial.parseoutcomes() == {"passed": 7, "warnings": 5}
+    for case in range(4):
+        parallel.stdout.fnmatch_lines(
+            [f"test_w.py::test_warns_its_own[[]{case}[]]", f"*UserWarning: from case {case}"]
+        )
+    parallel.stdout.fnmatch_lines(["test_w.py::test_deprecated", "*DeprecationWarning: old api"])
 
 
 def test_junitxml_lists_what_a_serial_run_lists(mixed: pytest.Pytester) -> None:

@@ -8,6 +8,10 @@ pytest is not thread-safe, so this mode makes a few rules, documented in docs/pa
   the end of the run, once every thread is done, never while another thread may use them.
 - Output written through ``sys.stdout``/``sys.stderr`` is captured per thread and kept
   with its test; output written straight to file descriptors is not captured.
+- Warnings are kept with the test whose thread raised them.  Python's warning filters are
+  process-wide, so the run's configured filters (``filterwarnings`` ini option, ``-W``)
+  apply to every thread, and a test's ``filterwarnings`` marks can only drop warnings
+  afterwards ("ignore"); their other actions, "error" among them, do not apply.
 - Tests marked ``@pytest.mark.serial`` (or listed in the ``par_serial`` ini option) run
   alone, while no other test runs.
 - Reports are replayed by the main thread, so reporters never run concurrently.
@@ -15,17 +19,22 @@ pytest is not thread-safe, so this mode makes a few rules, documented in docs/pa
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
+import os
 import queue
+import re
 import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TextIO
 
 import pytest
 from _pytest.capture import MultiCapture
+from _pytest.config import apply_warning_filters, parse_warning_filter
 from _pytest.runner import SetupState, call_and_report
 
 from pytest_memo.parallel.replay import item_events, replay
@@ -132,6 +141,92 @@ class _ThreadCapture:
             self.local.out = self.local.err = None
 
 
+class _ThreadWarnings:
+    """Warnings raised in worker threads, kept as events of the test each thread runs."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.local = threading.local()
+
+    @contextlib.contextmanager
+    def installed(self) -> Generator[None, None, None]:
+        """The run's configured filters, as pytest applies them around each test, and a
+        ``showwarning`` that files warnings under the current thread's test."""
+        with warnings.catch_warnings():
+            if not sys.warnoptions:  # as pytest does: deprecations are shown in tests
+                warnings.filterwarnings("always", category=DeprecationWarning)
+                warnings.filterwarnings("always", category=PendingDeprecationWarning)
+            apply_warning_filters(
+                self.config.getini("filterwarnings"),
+                self.config.known_args_namespace.pythonwarnings or [],
+            )
+            original = warnings.showwarning
+
+            def show(
+                message: Warning | str,
+                category: type[Warning],
+                filename: str,
+                lineno: int,
+                file: TextIO | None = None,
+                line: str | None = None,
+            ) -> None:
+                item: pytest.Item | None = getattr(self.local, "item", None)
+                if item is None:
+                    original(message, category, filename, lineno, file, line)
+                elif not _ignored_by_marks(item, str(message), category, filename, lineno):
+                    event = _warning_event(item, message, category, filename, lineno)
+                    self.local.events.append(event)
+
+            warnings.showwarning = show
+            yield
+
+    @contextlib.contextmanager
+    def attributed_to(self, item: pytest.Item) -> Generator[list[tuple[Any, ...]], None, None]:
+        """Warnings raised by this thread in the block: events of ``item``."""
+        # pytest starts each test with fresh "once per location" registries; so do we
+        # (for every thread at once: the registries are process-wide too).
+        reset = getattr(warnings, "_filters_mutated", None)
+        if reset is not None:
+            reset()
+        self.local.item, self.local.events = item, []
+        try:
+            yield self.local.events
+        finally:
+            self.local.item = None
+
+
+def _warning_event(
+    item: pytest.Item,
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+) -> tuple[Any, ...]:
+    """The event process-mode workers send for a warning (see replay)."""
+    qualified = f"{category.__module__}:{category.__qualname__}"
+    return ("warning", str(message), qualified, filename, lineno, "runtest", item.nodeid, None)
+
+
+def _ignored_by_marks(
+    item: pytest.Item, text: str, category: type[Warning], filename: str, lineno: int
+) -> bool:
+    """Whether the item's ``filterwarnings`` marks, as pytest stacks them, say "ignore"."""
+    filters: list[tuple[str, str, type[Warning], str, int]] = []
+    for mark in item.iter_markers(name="filterwarnings"):
+        for argument in mark.args:
+            filters.insert(0, parse_warning_filter(argument, escape=False))
+    module = os.path.splitext(os.path.basename(filename))[0]
+    for action, message, wanted, module_pattern, wanted_line in filters:
+        if (
+            (not message or re.match(message, text, re.IGNORECASE))
+            and issubclass(category, wanted)
+            and (not module_pattern or re.match(module_pattern, module))
+            and wanted_line in (0, lineno)
+        ):
+            return action == "ignore"
+    return False
+
+
 class _Gate:
     """Many ordinary tests at once, or one serial test alone."""
 
@@ -171,6 +266,7 @@ class ThreadRunner:
         self.durations: dict[str, float] = {}
         patterns = self.config.getini("par_serial")
         self.serial_patterns: list[str] = list(patterns)
+        self.warnings = _ThreadWarnings(self.config)
 
     def run(self) -> None:
         deferred: list[Callable[[], object]] = []
@@ -184,9 +280,10 @@ class ThreadRunner:
             for n in range(self.workers)
         ]
         try:
-            for thread in threads:
-                thread.start()
-            self._report(len(threads))
+            with self.warnings.installed():
+                for thread in threads:
+                    thread.start()
+                self._report(len(threads))
         except BaseException:
             self.stop.set()
             raise
@@ -264,10 +361,12 @@ class ThreadRunner:
                 alone = self._is_serial(item)
                 self.gate.enter(alone)
                 try:
-                    reports = self._run_item(item)
+                    with self.warnings.attributed_to(item) as warned:
+                        reports = self._run_item(item)
                 finally:
                     self.gate.leave(alone)
-                self.results.put(item_events(item, reports))
+                # As in a serial run: the warnings once the test has finished.
+                self.results.put([*item_events(item, reports), *warned])
         finally:
             self.results.put(_DONE)
 
