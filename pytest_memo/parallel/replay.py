@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["item_events", "replay"]
+__all__ = ["item_events", "replay", "warning_event"]
 
 
 def item_events(item: pytest.Item, reports: Sequence[pytest.TestReport]) -> list[tuple[Any, ...]]:
@@ -24,6 +24,20 @@ def item_events(item: pytest.Item, reports: Sequence[pytest.TestReport]) -> list
         *(("logreport", report) for report in reports),
         ("logfinish", item.nodeid, item.location),
     ]
+
+
+def warning_event(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    when: str,
+    nodeid: str,
+    location: Any = None,
+) -> tuple[Any, ...]:
+    """The event of a warning; the category travels by name, as a picklable string."""
+    qualified = f"{category.__module__}:{category.__qualname__}"
+    return ("warning", str(message), qualified, filename, lineno, when, nodeid, location)
 
 
 def replay(

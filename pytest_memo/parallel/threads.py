@@ -37,7 +37,7 @@ from _pytest.capture import MultiCapture
 from _pytest.config import apply_warning_filters, parse_warning_filter
 from _pytest.runner import SetupState, call_and_report
 
-from pytest_memo.parallel.replay import item_events, replay
+from pytest_memo.parallel.replay import item_events, replay, warning_event
 
 __all__ = ["ThreadRunner"]
 
@@ -174,7 +174,9 @@ class _ThreadWarnings:
                 if item is None:
                     original(message, category, filename, lineno, file, line)
                 elif not _ignored_by_marks(item, str(message), category, filename, lineno):
-                    event = _warning_event(item, message, category, filename, lineno)
+                    event = warning_event(
+                        message, category, filename, lineno, "runtest", item.nodeid
+                    )
                     self.local.events.append(event)
 
             warnings.showwarning = show
@@ -193,18 +195,6 @@ class _ThreadWarnings:
             yield self.local.events
         finally:
             self.local.item = None
-
-
-def _warning_event(
-    item: pytest.Item,
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-) -> tuple[Any, ...]:
-    """The event process-mode workers send for a warning (see replay)."""
-    qualified = f"{category.__module__}:{category.__qualname__}"
-    return ("warning", str(message), qualified, filename, lineno, "runtest", item.nodeid, None)
 
 
 def _ignored_by_marks(

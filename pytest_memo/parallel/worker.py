@@ -19,6 +19,8 @@ from typing import IO, Any
 import pytest
 from _pytest.capture import FDCapture
 
+from pytest_memo.parallel.replay import warning_event
+
 # Messages, controller -> worker
 RUN = "run"  # ("run", [item indices]): append to the queue
 END = "end"  # no more work: run the queue, tear everything down, say goodbye
@@ -55,19 +57,11 @@ class _EventRecorder:
     def pytest_warning_recorded(
         self, warning_message: warnings.WarningMessage, when: str, nodeid: str, location: Any
     ) -> None:
-        category = warning_message.category
-        self.events.append(
-            (
-                "warning",
-                str(warning_message.message),
-                f"{category.__module__}:{category.__qualname__}",
-                warning_message.filename,
-                warning_message.lineno,
-                when,
-                nodeid,
-                location,
-            )
+        record = warning_message
+        event = warning_event(
+            record.message, record.category, record.filename, record.lineno, when, nodeid, location
         )
+        self.events.append(event)
 
     def take(self) -> list[tuple[Any, ...]]:
         events, self.events = self.events, []
