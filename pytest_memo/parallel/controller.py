@@ -23,14 +23,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from pytest_memo.parallel import worker as protocol
 from pytest_memo.parallel.replay import item_events, replay
 from pytest_memo.parallel.spawn import SpawnedWorkers
-from pytest_memo.parallel.worker import run_worker
+from pytest_memo.parallel.worker import CaptureFiles, run_worker
 
 __all__ = ["Controller"]
 
@@ -48,7 +48,7 @@ class _Worker:
     said_bye: bool = False
     timed_out: bool = False
     process: subprocess.Popen[bytes] | None = None  # spawned, not forked
-    output: tuple[IO[bytes], IO[bytes]] | None = None  # its capture files (stdout, stderr)
+    output: CaptureFiles | None = None
 
     def output_so_far(self) -> list[tuple[str, str]]:
         """What the test it was running printed, as report sections (nothing if empty)."""
@@ -217,7 +217,7 @@ class Controller:
         # Capture files the worker writes and this process can still read after it died;
         # _Worker.close_output closes them.
         output = None
-        if self.config.getoption("capture", "fd") == "fd":
+        if protocol.keeps_crash_output(self.config):
             output = (tempfile.TemporaryFile(), tempfile.TemporaryFile())  # noqa: SIM115
         sys.stdout.flush()
         sys.stderr.flush()

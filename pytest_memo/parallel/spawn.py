@@ -18,9 +18,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from multiprocessing.connection import Client, Connection, Listener
-from typing import IO, Any
+from typing import Any
 
 import pytest
+
+from pytest_memo.parallel.worker import CaptureFiles, keeps_crash_output, run_worker
 
 __all__ = ["SpawnedWorkers", "collected_digest", "serve_if_spawned"]
 
@@ -28,7 +30,7 @@ ADDRESS_VARIABLE = "PYTEST_MEMO_PAR_CONTROLLER"
 KEY_VARIABLE = "PYTEST_MEMO_PAR_KEY"
 OUTPUT_VARIABLE = "PYTEST_MEMO_PAR_OUTPUT"  # the worker's capture files, os.pathsep between
 
-Output = tuple[IO[bytes], IO[bytes]]
+Started = tuple[subprocess.Popen[bytes], Connection, CaptureFiles | None]
 
 
 def collected_digest(items: Sequence[pytest.Item]) -> str:
@@ -57,9 +59,13 @@ class SpawnedWorkers:
         self._output = subprocess.DEVNULL if capturing else None
         # With fd capture, each worker captures into files named here, which this process
         # reads when a test kills its worker.
-        self._captures = tempfile.mkdtemp(prefix="pytest-memo-par-") if capturing else None
+        self._captures = None
+        if keeps_crash_output(config):
+            self._captures = tempfile.mkdtemp(prefix="pytest-memo-par-")
 
-    def start(self, count: int) -> list[tuple[subprocess.Popen[bytes], Connection, Output | None]]:
+    def start(
+        self, count: int
+    ) -> list[tuple[subprocess.Popen[bytes], Connection, CaptureFiles | None]]:
         processes, outputs = [], {}
         for _ in range(count):
             environment, output = self._environment, self._capture_files()
@@ -88,7 +94,7 @@ class SpawnedWorkers:
             started.append((by_pid[pid], connection, outputs[pid]))
         return started
 
-    def _capture_files(self) -> Output | None:
+    def _capture_files(self) -> CaptureFiles | None:
         if self._captures is None:
             return None
         files = [
@@ -125,8 +131,6 @@ def serve_if_spawned(session: pytest.Session, finish: Any) -> bool:
     host, _, port = address.rpartition(":")
     connection = Client((host, int(port)), authkey=bytes.fromhex(key))
     connection.send(("hello", os.getpid(), collected_digest(session.items)))
-    from pytest_memo.parallel.worker import run_worker
-
     paths = os.environ.pop(OUTPUT_VARIABLE, "")
     output = None
     if paths:

@@ -29,6 +29,16 @@ STOP = "stop"  # stop as soon as the current item is done (-x, --maxfail)
 ITEM = "item"  # ("item", index, [events]) once an item's protocol has finished
 BYE = "bye"  # ("bye", extra) before exiting normally
 
+# A worker's stdout and stderr capture files, also open in the controller, which reads
+# them when a test kills its worker.
+CaptureFiles = tuple[IO[bytes], IO[bytes]]
+
+
+def keeps_crash_output(config: pytest.Config) -> bool:
+    """Whether workers capture into such files: with fd capture, pytest's default."""
+    return bool(config.getoption("capture", "fd") == "fd")
+
+
 # Plugins whose work belongs to the main process only: they print or write files.
 MAIN_ONLY_PLUGINS = ("terminalreporter", "junitxml", "resultlog", "pastebin")
 
@@ -73,7 +83,7 @@ def run_worker(
     commands: Connection,
     results: Connection,
     finish: Any,
-    output: tuple[IO[bytes], IO[bytes]] | None = None,
+    output: CaptureFiles | None = None,
 ) -> None:
     """Entry point in the forked child; never returns.
 
@@ -106,7 +116,7 @@ def run_worker(
         os._exit(code)
 
 
-def _fresh_capture(config: pytest.Config, output: tuple[IO[bytes], IO[bytes]] | None) -> None:
+def _fresh_capture(config: pytest.Config, output: CaptureFiles | None) -> None:
     """Give this worker its own capture files: the inherited ones are shared with the
     main process and every other worker, and would mix their output.
 
