@@ -52,7 +52,7 @@ class Codec:
         """Shuffle ``chunk`` by ``width`` bytes per item (1: not at all) and compress it."""
         if self.name == "lz4":
             return _blosc_pack(chunk, width, self.level)
-        return self.compress(shuffle(chunk, width))
+        return self._compress(shuffle(chunk, width))
 
     def unpack_into(self, data: Any, width: int, out: np.ndarray[Any, Any]) -> None:
         """Decompress ``data`` and unshuffle it into ``out`` (uint8, exactly the raw size).
@@ -62,12 +62,15 @@ class Codec:
         if self.name == "lz4":
             _blosc_unpack_into(data, out)
             return
-        plain = self.decompress(data, out.nbytes)
+        plain = self._decompress(data, out.nbytes)
         if len(plain) != out.nbytes:
             raise ValueError(f"decompressed to {len(plain)} bytes instead of {out.nbytes}")
         unshuffle_into(plain, width, out)
 
-    def compress(self, data: Any) -> bytes:
+    # The codecs other than lz4, which Blosc handles whole (shuffle included) in pack and
+    # unpack_into.
+
+    def _compress(self, data: Any) -> bytes:
         data = memoryview(data).cast("B")  # bz2 and lzma test the truth of their input
         if self.name == "zlib":
             return zlib.compress(data, self.level)
@@ -78,7 +81,7 @@ class Codec:
             return bz2.compress(data, max(1, self.level))
         return lzma.compress(data, format=self._lzma_format, preset=self.level)
 
-    def decompress(self, data: Any, raw_size: int) -> bytes:
+    def _decompress(self, data: Any, raw_size: int) -> bytes:
         data = memoryview(data).cast("B")
         if self.name in ("zlib", "gzip"):
             return zlib.decompress(data, 15 if self.name == "zlib" else 31, raw_size or 1)
