@@ -41,11 +41,11 @@ import pytest
 from pytest_memo.errors import CorruptFileError
 from pytest_memo.files import temporary_beside
 from pytest_memo.store import (
-    CACHEDIR_TAG,
     LAYOUT,
     Entry,
     EntryInfo,
     Store,
+    mark_cache_directory,
     secret_from_environment,
 )
 
@@ -159,10 +159,7 @@ class RemoteStore(Store):
         super().prepare()
         parent = self.root.parent.parent  # .pytest_memo: git and backups skip it too
         if parent.name == CACHE_DIRECTORY:
-            if not (parent / "CACHEDIR.TAG").exists():
-                (parent / "CACHEDIR.TAG").write_text(CACHEDIR_TAG)
-            if not (parent / ".gitignore").exists():
-                (parent / ".gitignore").write_text("# created by pytest-memo\n*\n")
+            mark_cache_directory(parent)
         if self._probed_pid == os.getpid() or not self.remote_usable:
             return
         self._probed_pid = os.getpid()

@@ -124,12 +124,7 @@ class Store:
         """Create the directory with its markers; raises OSError if it cannot be written."""
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "locks").mkdir(exist_ok=True)
-        tag = self.root / "CACHEDIR.TAG"
-        if not tag.exists():
-            tag.write_text(CACHEDIR_TAG)
-        ignore = self.root / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("# created by pytest-memo\n*\n")
+        mark_cache_directory(self.root)
 
     # -- entries --------------------------------------------------------------
 
@@ -365,6 +360,16 @@ class Store:
             total -= entry.size
             evicted.append(entry.key)
         return evicted
+
+
+def mark_cache_directory(directory: Path) -> None:
+    """Tell backup tools (CACHEDIR.TAG) and git (.gitignore) to leave ``directory`` out."""
+    tag = directory / "CACHEDIR.TAG"
+    if not tag.exists():
+        tag.write_text(CACHEDIR_TAG)
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# created by pytest-memo\n*\n")
 
 
 def secret_from_environment() -> bytes | None:
