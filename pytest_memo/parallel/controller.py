@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from pytest_memo.parallel.worker import CaptureFiles, run_worker
 __all__ = ["Controller"]
 
 MAX_BATCH = 64
+QUEUED_SECONDS = 0.01  # work a worker holds beyond its current test, when tests are quick
 
 
 @dataclass
@@ -123,6 +125,8 @@ class Controller:
         self.workers: list[_Worker] = []
         self.stopping = False
         self.durations: dict[str, float] = {}
+        # Wall time a worker takes per item, reports included: a moving average.
+        self.seconds_per_item = 0.0
         self.spawner = SpawnedWorkers(session.config, session.items) if spawn else None
 
     # -- main loop ------------------------------------------------------------
@@ -152,26 +156,40 @@ class Controller:
         if self.session.shouldfail or self.session.shouldstop:
             self._stop_all()
         for worker in self.workers:
-            if worker.ended:
-                continue
-            target = self._target_queue_length()
-            if self.pending and len(worker.assigned) <= target // 2:
-                batch: list[int] = []
-                while self.pending and len(batch) < target:
-                    batch.extend(self.pending.popleft())
-                worker.assigned.extend(batch)
-                worker.send((protocol.RUN, batch))
-            if not self.pending:
-                # Say so at once: a worker holding a single item waits to learn whether
-                # another follows before it runs it (pytest needs the next item).
-                worker.send((protocol.END,))
-                worker.ended = True
+            self._top_up(worker)
+
+    def _top_up(self, worker: _Worker) -> None:
+        if worker.ended:
+            return
+        target = self._target_queue_length()
+        # Refill while the worker still holds the item after next: a worker runs an item
+        # only once it knows the next one (pytest needs it), so with less in hand it
+        # would sit idle for the round trip to this process.
+        if self.pending and len(worker.assigned) <= max(2, target // 2):
+            batch: list[int] = []
+            while self.pending and len(worker.assigned) + len(batch) < target:
+                batch.extend(self.pending.popleft())
+            worker.assigned.extend(batch)
+            worker.send((protocol.RUN, batch))
+        if not self.pending:
+            # Say so at once: a worker holding a single item waits to learn whether
+            # another follows before it runs it.
+            worker.send((protocol.END,))
+            worker.ended = True
 
     def _target_queue_length(self) -> int:
-        # Big batches when much work is left (fewer messages), small ones near the end
-        # (no worker sits on a backlog while another is idle); at least 2, for nextitem.
-        share = len(self.pending) // (4 * max(1, len(self.workers)))
-        return max(2, min(MAX_BATCH, share))
+        """How many items a worker should hold, the one it is running included.
+
+        Big batches while much work is left (fewer messages), small ones near the end (no
+        worker sits on a backlog while another is idle); at least 3, so that a worker
+        always knows the item after its next; and, for quick tests, enough to keep it
+        busy for ``QUEUED_SECONDS`` while this process answers.
+        """
+        workers = max(self.wanted, len(self.workers))
+        share = len(self.pending) // (4 * workers)
+        measured = self.seconds_per_item
+        quick = math.ceil(QUEUED_SECONDS / measured) if measured else 0
+        return max(3, min(MAX_BATCH, max(share, quick)))
 
     def _stop_all(self) -> None:
         self.stopping = True
@@ -194,24 +212,36 @@ class Controller:
             _, index, events = message
             finished = worker.assigned.popleft()
             assert finished == index, (finished, index)
-            worker.started = time.monotonic()
+            self._time_item(worker)
+            if _passed(events):
+                # Send more work before reporting: the worker goes on meanwhile.  After a
+                # failure, -x or --maxfail may have to stop the run first.
+                self._top_up(worker)
             replay(self.config, events, self.durations)
         elif kind == protocol.BYE:
             worker.said_bye = True
             self.hooks.merge(self.config, message[1])
+
+    def _time_item(self, worker: _Worker) -> None:
+        now = time.monotonic()
+        elapsed, worker.started = now - worker.started, now
+        if self.seconds_per_item == 0.0:
+            self.seconds_per_item = elapsed
+        self.seconds_per_item += 0.1 * (elapsed - self.seconds_per_item)
 
     # -- workers --------------------------------------------------------------
 
     def _start_workers(self, count: int) -> None:
         if self.spawner is None:
             for _ in range(count):
-                self._fork_worker()
+                # Each starts on its first batch while the next one is forked.
+                self._top_up(self._fork_worker())
             return
         for process, connection, output in self.spawner.start(count):
             worker = _Worker(process.pid, connection, connection, process=process, output=output)
             self.workers.append(worker)
 
-    def _fork_worker(self) -> None:
+    def _fork_worker(self) -> _Worker:
         command_reader, command_writer = Pipe(duplex=False)
         result_reader, result_writer = Pipe(duplex=False)
         # Capture files the worker writes and this process can still read after it died;
@@ -242,7 +272,9 @@ class Controller:
                 )
             command_reader.close()
             result_writer.close()
-            self.workers.append(_Worker(pid, command_writer, result_reader, output=output))
+            worker = _Worker(pid, command_writer, result_reader, output=output)
+            self.workers.append(worker)
+            return worker
 
     def _worker_gone(self, worker: _Worker) -> None:
         self.workers.remove(worker)
@@ -307,6 +339,15 @@ def _sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _passed(events: Sequence[tuple[Any, ...]]) -> bool:
+    """Whether no report among an item's events failed."""
+    return not any(kind == "logreport" and _outcome(rest[0]) == "failed" for kind, *rest in events)
+
+
+def _outcome(report: Any) -> Any:
+    return report["outcome"] if isinstance(report, dict) else report.outcome
 
 
 def _describe_exit(signal_number: int, code: int) -> str:
