@@ -58,6 +58,9 @@ PLUGINS = ("-p", "pytest_memo.plugin", "-p", "pytest_memo.parallel.plugin", "-p"
 def run(directory: Path, *args: str) -> tuple[float, str]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PLUGINS, *args]
     environment = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    # Bytecode is written, as on a user's machine: without it, every run would compile
+    # the modules changed since the last .pyc again (a fixed cost that hides ratios).
+    environment.pop("PYTHONDONTWRITEBYTECODE", None)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=directory, env=environment, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
@@ -75,6 +78,8 @@ def scenario(
         # Round-robin: a noisy spell on the shared machine slows one run of each variant,
         # not every run of one variant.
         runs: dict[str, list[float]] = {label: [] for label, _ in variants}
+        for _, args in variants:  # warm-up, not timed: bytecode, page cache, durations
+            run(directory, *args)
         for _ in range(repeat):
             for label, args in variants:
                 runs[label].append(run(directory, *args)[0])

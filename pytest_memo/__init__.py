@@ -1,28 +1,44 @@
 """pytest-memo: memoized fixtures, fast array serialization and hashing, a parallel runner.
 
-Importing it is cheap: numpy, cloudpickle and blosc load when ``dump`` or ``load`` is first
-used, not when pytest loads the plugin.
+Importing it is cheap: each name below loads its module when first used (numpy,
+cloudpickle and blosc only with ``dump`` or ``load``), so pytest starts as quickly with
+the plugin installed as without it.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from pytest_memo.errors import CorruptFileError
-from pytest_memo.hashing import UnhashableError, hash
-from pytest_memo.marker import memo
-from pytest_memo.memory import cache
-
 if TYPE_CHECKING:
+    from pytest_memo.errors import CorruptFileError
+    from pytest_memo.hashing import UnhashableError, hash
+    from pytest_memo.marker import memo
+    from pytest_memo.memory import cache
     from pytest_memo.serialize import dump, load
 
 __all__ = ["CorruptFileError", "UnhashableError", "cache", "dump", "hash", "load", "memo"]
 __version__ = "0.1.0"
 
+_HOMES = {
+    "CorruptFileError": "errors",
+    "UnhashableError": "hashing",
+    "hash": "hashing",
+    "memo": "marker",
+    "cache": "memory",
+    "dump": "serialize",
+    "load": "serialize",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name in ("dump", "load"):
-        from pytest_memo import serialize
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'pytest_memo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pytest_memo.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(serialize, name)
-    raise AttributeError(f"module 'pytest_memo' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -61,11 +61,11 @@ def test_warns():
     log("warns")
     warnings.warn("careful now", UserWarning)
 
-class TestGroup:
-    @pytest.fixture(scope="class")
-    def value(self):
-        return 2
+@pytest.fixture(scope="class")
+def value():
+    return 2
 
+class TestGroup:
     def test_a(self, value):
         log("a")
         assert value == 2

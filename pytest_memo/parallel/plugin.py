@@ -201,8 +201,8 @@ def _mode(config: pytest.Config) -> str:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     config = session.config
-    if spawn.serve_if_spawned(session, _memo_hooks().worker_finish):
-        return True  # not reached: a spawned worker exits when the controller is done
+    if spawn.is_spawned_worker():
+        spawn.serve(session, _memo_hooks().worker_finish)  # exits when the controller is done
     workers = worker_count(config)
     failed_collection = session.testsfailed and not config.option.continue_on_collection_errors
     if workers <= 1 or failed_collection or config.option.collectonly or not session.items:

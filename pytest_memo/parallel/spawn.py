@@ -17,20 +17,20 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from multiprocessing.connection import Client, Connection, Listener
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_memo.parallel.worker import CaptureFiles, keeps_crash_output, run_worker
+if TYPE_CHECKING:  # imported where used: every pytest run imports this module
+    from multiprocessing.connection import Connection
 
-__all__ = ["SpawnedWorkers", "collected_digest", "serve_if_spawned"]
+    from pytest_memo.parallel.worker import CaptureFiles
+
+__all__ = ["SpawnedWorkers", "collected_digest", "is_spawned_worker", "serve"]
 
 ADDRESS_VARIABLE = "PYTEST_MEMO_PAR_CONTROLLER"
 KEY_VARIABLE = "PYTEST_MEMO_PAR_KEY"
 OUTPUT_VARIABLE = "PYTEST_MEMO_PAR_OUTPUT"  # the worker's capture files, os.pathsep between
-
-Started = tuple[subprocess.Popen[bytes], Connection, CaptureFiles | None]
 
 
 def collected_digest(items: Sequence[pytest.Item]) -> str:
@@ -41,6 +41,10 @@ class SpawnedWorkers:
     """Starts worker interpreters and accepts their connections."""
 
     def __init__(self, config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+        from multiprocessing.connection import Listener
+
+        from pytest_memo.parallel.worker import keeps_crash_output
+
         self._key = secrets.token_bytes(32)
         self._listener = Listener(("127.0.0.1", 0), authkey=self._key)
         self._digest = collected_digest(items)
@@ -122,13 +126,19 @@ class SpawnedWorkers:
             shutil.rmtree(self._captures, ignore_errors=True)
 
 
-def serve_if_spawned(session: pytest.Session, finish: Any) -> bool:
+def is_spawned_worker() -> bool:
+    """Whether this pytest process was started by a controller to serve it."""
+    return ADDRESS_VARIABLE in os.environ
+
+
+def serve(session: pytest.Session, finish: Any) -> None:
     """In a spawned worker: connect, prove the collection, serve until told to stop."""
-    address = os.environ.pop(ADDRESS_VARIABLE, None)
-    key = os.environ.pop(KEY_VARIABLE, None)
-    if address is None or key is None:
-        return False
-    host, _, port = address.rpartition(":")
+    from multiprocessing.connection import Client
+
+    from pytest_memo.parallel.worker import run_worker
+
+    host, _, port = os.environ.pop(ADDRESS_VARIABLE).rpartition(":")
+    key = os.environ.pop(KEY_VARIABLE)
     connection = Client((host, int(port)), authkey=bytes.fromhex(key))
     connection.send(("hello", os.getpid(), collected_digest(session.items)))
     paths = os.environ.pop(OUTPUT_VARIABLE, "")
@@ -137,4 +147,3 @@ def serve_if_spawned(session: pytest.Session, finish: Any) -> bool:
         out, err = (open(path, "r+b") for path in paths.split(os.pathsep))  # noqa: SIM115
         output = (out, err)
     run_worker(session, connection, connection, finish, output)  # never returns
-    return True

@@ -13,13 +13,15 @@ import sys
 import traceback
 import warnings
 from collections import deque
-from multiprocessing.connection import Connection
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 from _pytest.capture import FDCapture
 
 from pytest_memo.parallel.replay import warning_event
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 # Messages, controller -> worker
 RUN = "run"  # ("run", [item indices]): append to the queue
