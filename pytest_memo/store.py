@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import os
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,8 @@ from pytest_memo.errors import CorruptFileError
 from pytest_memo.files import write_atomically
 
 if TYPE_CHECKING:
+    import sqlite3
+
     import filelock
 
 __all__ = ["Entry", "EntryInfo", "Store"]
@@ -224,6 +225,8 @@ class Store:
     @contextlib.contextmanager
     def _index(self) -> Iterator[sqlite3.Connection]:
         """A transaction on the index; SQLite errors come out as OSError, like file errors."""
+        import sqlite3  # here, not at the top: a run without memoized fixtures never needs it
+
         try:
             connection = self._connection()
             with connection:
@@ -238,6 +241,8 @@ class Store:
         if getattr(self._local, "owner", None) != owner:
             # check_same_thread=False only so that close() can close the connections of
             # threads that have finished; each thread still uses its own.
+            import sqlite3
+
             path = self.base / "index.sqlite"
             connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
             with self._connections_lock:
@@ -259,6 +264,10 @@ class Store:
             mine = [connection for owner, connection in self._connections if owner == pid]
             self._connections = [item for item in self._connections if item[0] != pid]
             self._generation += 1
+        if not mine:
+            return
+        import sqlite3
+
         for connection in mine:
             with contextlib.suppress(sqlite3.Error):
                 connection.close()
