@@ -320,6 +320,25 @@ def test_no_more_workers_than_tests(pytester: pytest.Pytester) -> None:
     assert len(set((pytester.path / "pids.txt").read_text().split())) <= 2
 
 
+def test_a_few_long_tests_are_split_evenly(pytester: pytest.Pytester) -> None:
+    # 8 tests of equal length on 4 workers finish soonest at 2 each; a worker given a
+    # third would run for 3 lengths while another ran 1, or none.
+    pytester.makepyfile(
+        test_long="""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(8))
+        def test_long(i):
+            time.sleep(0.2)
+            open("pids.txt", "a").write(f"{os.getpid()}\\n")
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=4")
+    result.assert_outcomes(passed=8)
+    pids = (pytester.path / "pids.txt").read_text().split()
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2, 2, 2]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

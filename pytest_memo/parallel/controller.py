@@ -169,8 +169,9 @@ class Controller:
             batch: list[int] = []
             while self.pending and len(worker.assigned) + len(batch) < target:
                 batch.extend(self.pending.popleft())
-            worker.assigned.extend(batch)
-            worker.send((protocol.RUN, batch))
+            if batch:
+                worker.assigned.extend(batch)
+                worker.send((protocol.RUN, batch))
         if not self.pending:
             # Say so at once: a worker holding a single item waits to learn whether
             # another follows before it runs it.
@@ -181,15 +182,20 @@ class Controller:
         """How many items a worker should hold, the one it is running included.
 
         Big batches while much work is left (fewer messages), small ones near the end (no
-        worker sits on a backlog while another is idle); at least 3, so that a worker
-        always knows the item after its next; and, for quick tests, enough to keep it
-        busy for ``QUEUED_SECONDS`` while this process answers.
+        worker sits on a backlog while another is idle); 3, so that a worker always knows
+        the item after its next, unless that is more than its share of what is left; and,
+        for quick tests, enough to keep it busy for ``QUEUED_SECONDS`` while this process
+        answers.
         """
         workers = max(self.wanted, len(self.workers))
         share = len(self.pending) // (4 * workers)
         measured = self.seconds_per_item
         quick = math.ceil(QUEUED_SECONDS / measured) if measured else 0
-        return max(3, min(MAX_BATCH, max(share, quick)))
+        target = max(3, min(MAX_BATCH, max(share, quick)))
+        # Never beyond an even split of what is left: with a few long tests, one worker
+        # holding three would leave another with none.
+        left = len(self.pending) + sum(len(worker.assigned) for worker in self.workers)
+        return max(2, min(target, math.ceil(left / workers)))
 
     def _stop_all(self) -> None:
         self.stopping = True
