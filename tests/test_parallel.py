@@ -283,6 +283,32 @@ def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
             os.kill(pid, 0)
 
 
+def test_programs_started_by_tests_get_ctrl_c_as_in_a_serial_run(pytester: pytest.Pytester) -> None:
+    # Workers leave Ctrl-C to the controller; a program a test starts must still stop on
+    # it, as in a serial run (an ignored SIGINT would be inherited across exec).
+    pytester.makepyfile(
+        test_child="""
+        import subprocess, sys, pytest
+
+        CODE = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+
+        @pytest.mark.parametrize("i", range(2))
+        def test_child(i):
+            run = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True)
+            assert run.stdout.strip() == "True"
+        """
+    )
+    for args in ((), ("--par=2",)):
+        process = subprocess.run(
+            [sys.executable, "-m", "pytest", *FLAGS, *args],
+            cwd=pytester.path,
+            capture_output=True,
+            text=True,
+            preexec_fn=deliverable_sigint,
+        )
+        assert "2 passed" in process.stdout, (args, process.stdout)
+
+
 @pytest.mark.parametrize(("value", "workers"), [("0", 1), ("1", 1), ("auto", None)])
 def test_worker_counts(pytester: pytest.Pytester, value: str, workers: int | None) -> None:
     pytester.makepyfile(

@@ -93,7 +93,10 @@ def run_worker(
     """
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller handles Ctrl-C
+        # The controller handles Ctrl-C.  A handler that does nothing rather than SIG_IGN:
+        # an ignored signal stays ignored across exec, so programs the tests start would
+        # not stop on Ctrl-C as they do in a serial run.
+        signal.signal(signal.SIGINT, _leave_to_the_controller)
         if hasattr(signal, "pthread_sigmask"):  # held back by the controller around fork
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         config = session.config
@@ -116,6 +119,10 @@ def run_worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _leave_to_the_controller(signum: int, frame: object) -> None:
+    """SIGINT in a worker: nothing to do here, the controller stops every worker."""
 
 
 def _fresh_capture(config: pytest.Config, output: CaptureFiles | None) -> None:
