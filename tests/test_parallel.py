@@ -483,6 +483,48 @@ def test_durations_are_recorded_in_the_store(pytester: pytest.Pytester) -> None:
     assert "test_one.py::test_one" in recorded and "test_one.py::test_two" in recorded
 
 
+def test_a_long_test_recorded_on_an_earlier_run_starts_first(pytester: pytest.Pytester) -> None:
+    # Collected last, in the module with the smaller total, the long test would start
+    # late and keep one worker busy after the other ran out of work.
+    log = """
+import os
+def log(name):
+    with open("ran.txt", "a") as ran:
+        ran.write(f"{os.getpid()} {name}\\n")
+"""
+    pytester.makepyfile(
+        test_a=log
+        + """
+import time, pytest
+
+@pytest.mark.parametrize("i", range(12))
+def test_short(i):
+    log(f"short{i}")
+    time.sleep(0.1)
+""",
+        test_b=log
+        + """
+import time
+
+def test_quick():
+    log("quick")
+
+def test_long():
+    log("long")
+    time.sleep(1.0)
+""",
+    )
+    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=14)
+    (pytester.path / "ran.txt").unlink()
+    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=14)
+    rows = [line.split() for line in (pytester.path / "ran.txt").read_text().splitlines()]
+    long_worker = next(pid for pid, name in rows if name == "long")
+    ran_there = [name for pid, name in rows if pid == long_worker]
+    ran_elsewhere = [name for pid, name in rows if pid != long_worker]
+    assert ran_there[0] == "long"
+    assert len(ran_there) < len(ran_elsewhere)
+
+
 @pytest.mark.parametrize("tests", [1, 2, 3])
 def test_few_tests_do_not_wait_for_more(pytester: pytest.Pytester, tests: int) -> None:
     # A worker given a single item waits to learn whether another follows: the

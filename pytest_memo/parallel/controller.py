@@ -113,6 +113,7 @@ class Controller:
         timeout: float | None = None,
         groups: Sequence[Sequence[int]] | None = None,
         spawn: bool = False,
+        expected: Sequence[float] | None = None,
     ) -> None:
         self.session = session
         self.config = session.config
@@ -120,6 +121,10 @@ class Controller:
         units = groups if groups is not None else [[index] for index in order]
         self.wanted = max(1, min(workers, len(units)))
         self.pending: deque[list[int]] = deque(list(unit) for unit in units)
+        # Seconds each item took on an earlier run (0 when unknown), and their sum over
+        # the pending items: batches are cut by expected time as well as by count.
+        self.expected = expected or [0.0] * len(session.items)
+        self.pending_seconds = sum(self.expected)
         self.hooks = hooks
         self.timeout = timeout
         self.workers: list[_Worker] = []
@@ -167,7 +172,16 @@ class Controller:
         # would sit idle for the round trip to this process.
         if self.pending and len(worker.assigned) <= max(2, target // 2):
             batch: list[int] = []
+            # A batch holds at most its share of the expected time left, so that a worker
+            # given a long test is not given much else with it; but the worker is left
+            # holding two items at least, or it would wait for more with nothing to run.
+            budget = self.pending_seconds / (4 * max(self.wanted, len(self.workers)))
             while self.pending and len(worker.assigned) + len(batch) < target:
+                seconds = self._seconds(self.pending[0])
+                if len(worker.assigned) + len(batch) >= 2 and seconds > budget:
+                    break
+                budget -= seconds
+                self.pending_seconds -= seconds
                 batch.extend(self.pending.popleft())
             if batch:
                 worker.assigned.extend(batch)
@@ -177,6 +191,9 @@ class Controller:
             # another follows before it runs it.
             worker.send((protocol.END,))
             worker.ended = True
+
+    def _seconds(self, unit: Sequence[int]) -> float:
+        return sum(self.expected[index] for index in unit)
 
     def _target_queue_length(self) -> int:
         """How many items a worker should hold, the one it is running included.
@@ -200,6 +217,7 @@ class Controller:
     def _stop_all(self) -> None:
         self.stopping = True
         self.pending.clear()
+        self.pending_seconds = 0.0
         for worker in self.workers:
             if not worker.ended:
                 worker.send((protocol.STOP,))
@@ -291,6 +309,7 @@ class Controller:
         if crashed and worker.assigned:
             self._report_crash(worker.assigned.popleft(), worker, status)
             self.pending.extendleft([index] for index in reversed(worker.assigned))
+            self.pending_seconds += self._seconds(worker.assigned)
         worker.close_output()
         if crashed and self.pending and not self.stopping:
             self._start_workers(1)

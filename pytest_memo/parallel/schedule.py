@@ -10,6 +10,8 @@ from typing import Any
 
 __all__ = ["order", "parse_shard", "scope_groups", "shard", "usable_cpus"]
 
+LONG_TEST_SHARE = 1 / 8  # of a worker's even share of the run: such a test goes first
+
 
 def usable_cpus() -> int:
     """CPUs this process may use: affinity, then a cgroup (container) CPU quota."""
@@ -43,22 +45,29 @@ def _scope_of(nodeid: str) -> str:
     return parts[0]
 
 
-def order(items: Sequence[Any], durations: Mapping[str, float], keep_order: bool) -> list[int]:
-    """Item indices, the slowest modules first (by durations recorded on earlier runs).
+def order(
+    items: Sequence[Any], durations: Mapping[str, float], keep_order: bool, workers: int = 1
+) -> list[int]:
+    """Item indices: long tests first, then the slowest modules first (by durations
+    recorded on earlier runs).
 
-    Within a module the collection order is kept, so module fixtures stay warm; with no
-    durations, or when the order was chosen by --ff/--nf/--sw, it is the collection order.
+    A test is long when it alone takes more than ``LONG_TEST_SHARE`` of a worker's even
+    share of the run: started late, it would stretch the run while the other workers
+    idle, so such tests go first, the longest first.  Within a module the collection
+    order is kept, so module fixtures stay warm; with no durations, or when the order
+    was chosen by --ff/--nf/--sw, it is the collection order.
     """
     indices = list(range(len(items)))
     if keep_order or not durations:
         return indices
+    seconds = [durations.get(item.nodeid, 0.0) for item in items]
     totals: dict[str, float] = {}
     first_seen: dict[str, int] = {}
     for index, item in enumerate(items):
         module = _module_of(item.nodeid)
-        totals[module] = totals.get(module, 0.0) + durations.get(item.nodeid, 0.0)
+        totals[module] = totals.get(module, 0.0) + seconds[index]
         first_seen.setdefault(module, index)
-    return sorted(
+    by_module = sorted(
         indices,
         key=lambda i: (
             -totals[_module_of(items[i].nodeid)],
@@ -66,6 +75,17 @@ def order(items: Sequence[Any], durations: Mapping[str, float], keep_order: bool
             i,
         ),
     )
+    threshold = LONG_TEST_SHARE * sum(seconds) / max(1, workers)
+    long = sorted((i for i in indices if seconds[i] > threshold), key=lambda i: (-seconds[i], i))
+    chosen = set(long)
+    rest = [i for i in by_module if i not in chosen]
+    # Each long test is followed by a short one: a worker holds the test after the one
+    # it runs, and two long tests must not end up one after the other on one worker.
+    ordered: list[int] = []
+    for position, index in enumerate(long):
+        ordered.append(index)
+        ordered.extend(rest[position : position + 1])
+    return ordered + rest[len(long) :]
 
 
 def scope_groups(items: Sequence[Any], ordered: Sequence[int]) -> list[list[int]]:
