@@ -208,8 +208,9 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     if workers <= 1 or failed_collection or config.option.collectonly or not session.items:
         return None  # pytest's own loop reports collection errors and runs serially
     recorded = config.stash[DURATIONS].previous
+    expected = [recorded.get(item.nodeid, 0.0) for item in session.items]
     order = schedule.order(
-        session.items, recorded, keep_order=_order_is_given(config), workers=workers
+        session.items, expected, keep_order=_order_is_given(config), workers=workers
     )
     if _mode(config) == "thread":
         from pytest_memo.parallel.threads import ThreadRunner
@@ -232,7 +233,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             timeout=config.getoption("par_timeout"),
             groups=groups,
             spawn=_use_spawn(config),
-            expected=[recorded.get(item.nodeid, 0.0) for item in session.items],
+            expected=expected,
         )
         controller.run()
     if session.shouldfail:

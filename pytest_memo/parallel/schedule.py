@@ -46,10 +46,10 @@ def _scope_of(nodeid: str) -> str:
 
 
 def order(
-    items: Sequence[Any], durations: Mapping[str, float], keep_order: bool, workers: int = 1
+    items: Sequence[Any], seconds: Sequence[float], keep_order: bool, workers: int = 1
 ) -> list[int]:
-    """Item indices: long tests first, then the slowest modules first (by durations
-    recorded on earlier runs).
+    """Item indices: long tests first, then the slowest modules first (by ``seconds``,
+    each item's duration recorded on earlier runs, 0 when unknown).
 
     A test is long when it alone takes more than ``LONG_TEST_SHARE`` of a worker's even
     share of the run: started late, it would stretch the run while the other workers
@@ -58,9 +58,8 @@ def order(
     was chosen by --ff/--nf/--sw, it is the collection order.
     """
     indices = list(range(len(items)))
-    if keep_order or not durations:
+    if keep_order or not any(seconds):
         return indices
-    seconds = [durations.get(item.nodeid, 0.0) for item in items]
     totals: dict[str, float] = {}
     first_seen: dict[str, int] = {}
     for index, item in enumerate(items):
