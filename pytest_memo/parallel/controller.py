@@ -175,7 +175,7 @@ class Controller:
             # A batch holds at most its share of the expected time left, so that a worker
             # given a long test is not given much else with it; but the worker is left
             # holding two items at least, or it would wait for more with nothing to run.
-            budget = self.pending_seconds / (4 * max(self.wanted, len(self.workers)))
+            budget = self.pending_seconds / (4 * self._worker_count())
             while self.pending and len(worker.assigned) + len(batch) < target:
                 seconds = self._seconds(self.pending[0])
                 if len(worker.assigned) + len(batch) >= 2 and seconds > budget:
@@ -192,6 +192,10 @@ class Controller:
             worker.send((protocol.END,))
             worker.ended = True
 
+    def _worker_count(self) -> int:
+        """Workers of the run, counting those not forked yet (or replacements)."""
+        return max(self.wanted, len(self.workers))
+
     def _seconds(self, unit: Sequence[int]) -> float:
         return sum(self.expected[index] for index in unit)
 
@@ -204,7 +208,7 @@ class Controller:
         for quick tests, enough to keep it busy for ``QUEUED_SECONDS`` while this process
         answers.
         """
-        workers = max(self.wanted, len(self.workers))
+        workers = self._worker_count()
         share = len(self.pending) // (4 * workers)
         measured = self.seconds_per_item
         quick = math.ceil(QUEUED_SECONDS / measured) if measured else 0
