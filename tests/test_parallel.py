@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
@@ -243,6 +244,14 @@ def deliverable_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def start_pytest(pytester: pytest.Pytester, *args: str, **options: Any) -> subprocess.Popen[Any]:
+    """pytest in a process of its own, its output (stderr included) on a pipe."""
+    command = [sys.executable, "-m", "pytest", *FLAGS, *args]
+    return subprocess.Popen(
+        command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options
+    )
+
+
 def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_sleepy="""
@@ -255,14 +264,7 @@ def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
             time.sleep(5)
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", *FLAGS, "--par=2"],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=deliverable_sigint,
-    )
+    process = start_pytest(pytester, "--par=2", text=True, preexec_fn=deliverable_sigint)
     deadline = time.monotonic() + 30
     while not (pytester.path / "pids.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -281,6 +283,38 @@ def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_progress_is_shown_while_tests_run(pytester: pytest.Pytester) -> None:
+    # The main process holds terminal output while it has reports to replay; it must
+    # still write it as it goes, not at the end.  The last test waits until this test
+    # has seen the other tests' progress dots.
+    pytester.makepyfile(
+        test_live="""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_quick(i):
+            pass
+
+        def test_waits_for_the_dots():
+            deadline = time.monotonic() + 30
+            while not os.path.exists("seen.txt"):
+                assert time.monotonic() < deadline, "the progress dots were not shown"
+                time.sleep(0.05)
+        """
+    )
+    process = start_pytest(pytester, "--par=2")
+    assert process.stdout is not None
+    shown = b""
+    while b"test_live.py ...." not in shown:
+        chunk = process.stdout.read1(1024)
+        if not chunk:
+            break
+        shown += chunk
+    (pytester.path / "seen.txt").touch()
+    output, _ = process.communicate(timeout=60)
+    assert b"5 passed" in output, (shown + output).decode()
 
 
 def test_programs_started_by_tests_get_ctrl_c_as_in_a_serial_run(pytester: pytest.Pytester) -> None:

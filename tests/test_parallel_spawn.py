@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+# The passing tests take a while: quick tests all go to the first worker that asks, as
+# one worker runs them sooner than two would (a round trip to the controller each).
 SUITE = """
-import os, pytest
+import os, time, pytest
 
 @pytest.mark.parametrize("i", range(6))
 def test_pass(i):
+    time.sleep(0.05)
     with open("pids.txt", "a") as pids:
         pids.write(f"{os.getpid()}\\n")
 

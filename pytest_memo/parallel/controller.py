@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import math
 import os
 import signal
@@ -28,7 +29,9 @@ from typing import Any
 
 import pytest
 
+from pytest_memo.parallel import schedule
 from pytest_memo.parallel import worker as protocol
+from pytest_memo.parallel.output import HeldOutput, held_terminal_output
 from pytest_memo.parallel.replay import item_events, replay
 from pytest_memo.parallel.spawn import SpawnedWorkers
 from pytest_memo.parallel.worker import CaptureFiles, run_worker
@@ -125,11 +128,14 @@ class Controller:
         # the pending items: batches are cut by expected time as well as by count.
         self.expected = expected or [0.0] * len(session.items)
         self.pending_seconds = sum(self.expected)
+        self.long_seconds = schedule.long_test_seconds(self.expected, self.wanted)
         self.hooks = hooks
         self.timeout = timeout
         self.workers: list[_Worker] = []
         self.stopping = False
-        self.durations: dict[str, float] = {}
+        # Events of finished items, to replay here (passing items wait in line while
+        # workers are answered first).
+        self.unreported: deque[Sequence[tuple[Any, ...]]] = deque()
         # Wall time a worker takes per item, reports included: a moving average.
         self.seconds_per_item = 0.0
         self.spawner = SpawnedWorkers(session.config, session.items) if spawn else None
@@ -138,14 +144,24 @@ class Controller:
 
     def run(self) -> None:
         try:
-            self._start_workers(self.wanted)
-            while self.workers:
+            with held_terminal_output(self.config) as output:
+                self._start_workers(self.wanted)
                 self._dispatch()
-                ready = wait([w.results for w in self.workers], timeout=self._wait_time())
-                for worker in list(self.workers):
-                    if worker.results in ready:
+                while self.workers or self.unreported:
+                    ready = self._ready_workers(output, block=not self.unreported)
+                    for worker in ready:
                         self._receive(worker)
-                self._enforce_timeout()
+                    # One item at a time, so that workers asking for more are answered
+                    # between reports, not after the whole backlog.
+                    if self.unreported:
+                        replay(self.config, self.unreported.popleft())
+                    if ready:
+                        self._dispatch()
+                    self._enforce_timeout()
+        except KeyboardInterrupt:
+            self._kill_all()
+            self._report_finished()  # the summary counts what ran
+            raise
         except BaseException:
             self._kill_all()
             raise
@@ -153,6 +169,23 @@ class Controller:
             gc.unfreeze()
             if self.spawner is not None:
                 self.spawner.close()
+
+    def _ready_workers(self, output: HeldOutput | None, block: bool) -> list[_Worker]:
+        """Workers with a message; if none has one and ``block``, wait for one, after
+        writing the terminal output held meanwhile (see pytest_memo.parallel.output)."""
+        connections = [worker.results for worker in self.workers]
+        ready = wait(connections, timeout=0)
+        waiting = not ready and block
+        if output is not None and (waiting or output.due()):
+            output.release()
+        if waiting:
+            ready = wait(connections, timeout=self._wait_time())
+        return [worker for worker in self.workers if worker.results in ready]
+
+    def _report_finished(self) -> None:
+        """Replay every finished item not reported yet."""
+        while self.unreported:
+            replay(self.config, self.unreported.popleft())
 
     def _wait_time(self) -> float | None:
         return None if self.timeout is None else min(1.0, self.timeout / 4)
@@ -173,12 +206,15 @@ class Controller:
         if self.pending and len(worker.assigned) <= max(2, target // 2):
             batch: list[int] = []
             # A batch holds at most its share of the expected time left, so that a worker
-            # given a long test is not given much else with it; but the worker is left
-            # holding two items at least, or it would wait for more with nothing to run.
-            budget = self.pending_seconds / (4 * self._worker_count())
+            # given a long test is not given much else with it (see _must_hold); but
+            # quick tests fill QUEUED_SECONDS, to keep the worker busy while this process
+            # answers.
+            share = self.pending_seconds / (4 * self._worker_count())
+            budget = max(share, QUEUED_SECONDS)
             while self.pending and len(worker.assigned) + len(batch) < target:
                 seconds = self._seconds(self.pending[0])
-                if len(worker.assigned) + len(batch) >= 2 and seconds > budget:
+                held = len(worker.assigned) + len(batch)
+                if seconds > budget and not self._must_hold(held, seconds):
                     break
                 budget -= seconds
                 self.pending_seconds -= seconds
@@ -191,6 +227,14 @@ class Controller:
             # another follows before it runs it.
             worker.send((protocol.END,))
             worker.ended = True
+
+    def _must_hold(self, held: int, seconds: float) -> bool:
+        """Whether a worker holding ``held`` items gets one more of ``seconds``, even
+        beyond its share of the time left: it runs an item only once it knows the one
+        after, so it holds three (the one it runs, the next, the one after) not to wait
+        for this process between tests; but two long tests, one after the other on one
+        worker, would stretch the run."""
+        return held < 2 or (held < 3 and seconds <= self.long_seconds)
 
     def _worker_count(self) -> int:
         """Workers of the run, counting those not forked yet (or replacements)."""
@@ -210,13 +254,28 @@ class Controller:
         """
         workers = self._worker_count()
         share = len(self.pending) // (4 * workers)
-        measured = self.seconds_per_item
-        quick = math.ceil(QUEUED_SECONDS / measured) if measured else 0
+        per_item = self._upcoming_seconds_per_item()
+        quick = math.ceil(QUEUED_SECONDS / per_item) if per_item else 0
         target = max(3, min(MAX_BATCH, max(share, quick)))
         # Never beyond an even split of what is left: with a few long tests, one worker
-        # holding three would leave another with none.
+        # holding three would leave another with none.  Quick tests are exempt: a few of
+        # them more on one worker cost less than its waits for this process.
         left = len(self.pending) + sum(len(worker.assigned) for worker in self.workers)
-        return max(2, min(target, math.ceil(left / workers)))
+        return max(2, min(target, max(quick, math.ceil(left / workers))))
+
+    def _upcoming_seconds_per_item(self) -> float:
+        """What each of the next pending items is expected to take: as recorded on an
+        earlier run when every one of them has a record, else as measured in this one.
+
+        The measurement is a moving average, slow to follow a change: after a stretch of
+        slow tests, quick ones would be handed out one at a time, each worker waiting on a
+        round trip to this process between them.
+        """
+        upcoming = [index for unit in itertools.islice(self.pending, 8) for index in unit]
+        recorded = [self.expected[index] for index in upcoming]
+        if recorded and all(recorded):
+            return sum(recorded) / len(recorded)
+        return self.seconds_per_item
 
     def _stop_all(self) -> None:
         self.stopping = True
@@ -242,10 +301,14 @@ class Controller:
             assert finished == index, (finished, index)
             self._time_item(worker)
             if _passed(events):
-                # Send more work before reporting: the worker goes on meanwhile.  After a
-                # failure, -x or --maxfail may have to stop the run first.
+                # Send more work first, report later: the worker goes on meanwhile.
                 self._top_up(worker)
-            replay(self.config, events, self.durations)
+                self.unreported.append(events)
+            else:
+                # Reported at once, in order: -x or --maxfail may have to stop the run
+                # before any more work is sent.
+                self._report_finished()
+                replay(self.config, events)
         elif kind == protocol.BYE:
             worker.said_bye = True
             self.hooks.merge(self.config, message[1])
@@ -310,6 +373,7 @@ class Controller:
         worker.results.close()
         status = worker.reap()
         crashed = not worker.said_bye  # after a clean exit (STOP), unstarted items are dropped
+        self._report_finished()  # what it finished, before what it was running
         if crashed and worker.assigned:
             self._report_crash(worker.assigned.popleft(), worker, status)
             self.pending.extendleft([index] for index in reversed(worker.assigned))
@@ -336,7 +400,7 @@ class Controller:
             sections=worker.output_so_far(),
             duration=elapsed,
         )
-        replay(self.config, item_events(item, [report]), self.durations)
+        replay(self.config, item_events(item, [report]))
 
     def _enforce_timeout(self) -> None:
         if self.timeout is None:

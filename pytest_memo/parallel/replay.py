@@ -40,10 +40,8 @@ def warning_event(
     return ("warning", str(message), qualified, filename, lineno, when, nodeid, location)
 
 
-def replay(
-    config: pytest.Config, events: Sequence[tuple[Any, ...]], durations: dict[str, float]
-) -> None:
-    """Call the reporting hooks for ``events``; add each test's time to ``durations``."""
+def replay(config: pytest.Config, events: Sequence[tuple[Any, ...]]) -> None:
+    """Call the reporting hooks for ``events``."""
     hook = config.hook
     for event in events:
         kind = event[0]
@@ -53,7 +51,6 @@ def replay(
             report = event[1]
             if isinstance(report, dict):
                 report = hook.pytest_report_from_serializable(config=config, data=report)
-            durations[report.nodeid] = durations.get(report.nodeid, 0.0) + report.duration
             hook.pytest_runtest_logreport(report=report)
         elif kind == "logfinish":
             hook.pytest_runtest_logfinish(nodeid=event[1], location=event[2])

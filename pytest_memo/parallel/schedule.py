@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["order", "parse_shard", "scope_groups", "shard", "usable_cpus"]
+__all__ = ["long_test_seconds", "order", "parse_shard", "scope_groups", "shard", "usable_cpus"]
 
 LONG_TEST_SHARE = 1 / 8  # of a worker's even share of the run: such a test goes first
 
@@ -74,7 +74,7 @@ def order(
             i,
         ),
     )
-    threshold = LONG_TEST_SHARE * sum(seconds) / max(1, workers)
+    threshold = long_test_seconds(seconds, workers)
     long = sorted((i for i in indices if seconds[i] > threshold), key=lambda i: (-seconds[i], i))
     chosen = set(long)
     rest = [i for i in by_module if i not in chosen]
@@ -85,6 +85,12 @@ def order(
         ordered.append(index)
         ordered.extend(rest[position : position + 1])
     return ordered + rest[len(long) :]
+
+
+def long_test_seconds(seconds: Sequence[float], workers: int) -> float:
+    """Above this many seconds a test is long: more than ``LONG_TEST_SHARE`` of a
+    worker's even share of the run."""
+    return LONG_TEST_SHARE * sum(seconds) / max(1, workers)
 
 
 def scope_groups(items: Sequence[Any], ordered: Sequence[int]) -> list[list[int]]:

@@ -253,7 +253,6 @@ class ThreadRunner:
         self.gate = _Gate()
         self.results: queue.Queue[Any] = queue.Queue()
         self.stop = threading.Event()
-        self.durations: dict[str, float] = {}
         patterns = self.config.getini("par_serial")
         self.serial_patterns: list[str] = list(patterns)
         self.warnings = _ThreadWarnings(self.config)
@@ -292,7 +291,7 @@ class ThreadRunner:
             if message is _DONE:
                 running -= 1
                 continue
-            replay(self.config, message, self.durations)
+            replay(self.config, message)
             if self.session.shouldfail or self.session.shouldstop:
                 self.stop.set()
 

@@ -1,0 +1,77 @@
+"""The terminal output of the main process, written in one go while reports pour in.
+
+pytest's terminal reporter flushes after every report.  In a serial run that costs little;
+in the main process of a parallel run, with every core busy running workers, each flush
+to a pipe or terminal wakes its reader, which takes this process's core.  Measured with
+2000 quick tests at ``--par=2`` on 2 cores, four runs each way: 650-850 involuntary
+context switches of the main process against 160-250 with output held, and 0.5-0.8 s
+spent replaying reports against 0.26-0.6 s.  So while the controller is busy, what the
+reporter writes is held, and written once the controller waits for workers, or every
+``MAX_HOLD_SECONDS`` at the latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pytest
+
+__all__ = ["HeldOutput", "held_terminal_output"]
+
+MAX_HOLD_SECONDS = 0.1
+
+
+class HeldOutput:
+    """Stands in for the reporter's stream: keeps what is written until ``release``."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.parts: list[str] = []
+        self.released_at = time.monotonic()
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """The reporter's flush after each report: held until ``release``."""
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno...
+        return getattr(self.stream, name)
+
+    def due(self) -> bool:
+        return bool(self.parts) and time.monotonic() - self.released_at > MAX_HOLD_SECONDS
+
+    def release(self) -> None:
+        """Write what was held, and flush."""
+        self.released_at = time.monotonic()
+        if not self.parts:
+            return
+        text = "".join(self.parts)
+        self.parts.clear()
+        try:
+            self.stream.write(text)
+        except UnicodeEncodeError:  # as pytest's own writer does on such terminals
+            self.stream.write(text.encode("unicode-escape").decode("ascii"))
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def held_terminal_output(config: pytest.Config) -> Iterator[HeldOutput | None]:
+    """Hold the terminal reporter's output for the block (None: nothing to hold)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    writer = getattr(reporter, "_tw", None)
+    stream = getattr(writer, "_file", None)
+    if stream is None:  # no terminal reporter, or one whose writer we do not know
+        yield None
+        return
+    held = HeldOutput(stream)
+    writer._file = held  # type: ignore[union-attr]
+    try:
+        yield held
+    finally:
+        writer._file = stream  # type: ignore[union-attr]
+        held.release()
