@@ -22,15 +22,13 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from multiprocessing import Pipe
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import pytest
 
 from pytest_memo.parallel import schedule
 from pytest_memo.parallel import worker as protocol
+from pytest_memo.parallel.channel import MessageChannel, Readiness, pipe
 from pytest_memo.parallel.output import HeldOutput, held_terminal_output
 from pytest_memo.parallel.replay import item_events, replay
 from pytest_memo.parallel.spawn import SpawnedWorkers
@@ -42,18 +40,26 @@ MAX_BATCH = 64
 QUEUED_SECONDS = 0.01  # work a worker holds beyond its current test, when tests are quick
 
 
-@dataclass
 class _Worker:
-    pid: int
-    commands: Connection
-    results: Connection
-    assigned: deque[int] = field(default_factory=deque)
-    started: float = field(default_factory=time.monotonic)  # start of its current item
-    ended: bool = False  # END or STOP sent
-    said_bye: bool = False
-    timed_out: bool = False
-    process: subprocess.Popen[bytes] | None = None  # spawned, not forked
-    output: CaptureFiles | None = None
+    # A plain class: a dataclass costs every --par run a millisecond to define.
+    def __init__(
+        self,
+        pid: int,
+        commands: MessageChannel,
+        results: MessageChannel,
+        process: subprocess.Popen[bytes] | None = None,  # spawned, not forked
+        output: CaptureFiles | None = None,
+    ) -> None:
+        self.pid = pid
+        self.commands = commands
+        self.results = results
+        self.process = process
+        self.output = output
+        self.assigned: deque[int] = deque()
+        self.started = time.monotonic()  # start of its current item
+        self.ended = False  # END or STOP sent
+        self.said_bye = False
+        self.timed_out = False
 
     def output_so_far(self) -> list[tuple[str, str]]:
         """What the test it was running printed, as report sections (nothing if empty)."""
@@ -98,12 +104,16 @@ class _Worker:
         return _describe_exit(signal_number=0, code=os.WEXITSTATUS(status))
 
 
-@dataclass
 class Hooks:
     """What the controller needs from the rest of the plugin, kept out of this module."""
 
-    worker_finish: Callable[[pytest.Config], Any]  # runs in a worker before it exits
-    merge: Callable[[pytest.Config, Any], None]  # runs here with what worker_finish returned
+    def __init__(
+        self,
+        worker_finish: Callable[[pytest.Config], Any],  # runs in a worker before it exits
+        merge: Callable[[pytest.Config, Any], None],  # runs here with what that returned
+    ) -> None:
+        self.worker_finish = worker_finish
+        self.merge = merge
 
 
 class Controller:
@@ -132,6 +142,7 @@ class Controller:
         self.hooks = hooks
         self.timeout = timeout
         self.workers: list[_Worker] = []
+        self.readiness: Readiness[_Worker] = Readiness()
         self.stopping = False
         # Events of finished items, to replay here (passing items wait in line while
         # workers are answered first).
@@ -167,20 +178,20 @@ class Controller:
             raise
         finally:
             gc.unfreeze()
+            self.readiness.close()
             if self.spawner is not None:
                 self.spawner.close()
 
     def _ready_workers(self, output: HeldOutput | None, block: bool) -> list[_Worker]:
         """Workers with a message; if none has one and ``block``, wait for one, after
         writing the terminal output held meanwhile (see pytest_memo.parallel.output)."""
-        connections = [worker.results for worker in self.workers]
-        ready = wait(connections, timeout=0)
+        ready = self.readiness.ready(timeout=0)
         waiting = not ready and block
         if output is not None and (waiting or output.due()):
             output.release()
         if waiting:
-            ready = wait(connections, timeout=self._wait_time())
-        return [worker for worker in self.workers if worker.results in ready]
+            ready = self.readiness.ready(timeout=self._wait_time())
+        return ready
 
     def _report_finished(self) -> None:
         """Replay every finished item not reported yet."""
@@ -330,11 +341,11 @@ class Controller:
             return
         for process, connection, output in self.spawner.start(count):
             worker = _Worker(process.pid, connection, connection, process=process, output=output)
-            self.workers.append(worker)
+            self._add(worker)
 
     def _fork_worker(self) -> _Worker:
-        command_reader, command_writer = Pipe(duplex=False)
-        result_reader, result_writer = Pipe(duplex=False)
+        command_reader, command_writer = pipe()
+        result_reader, result_writer = pipe()
         # Capture files the worker writes and this process can still read after it died;
         # _Worker.close_output closes them.
         output = None
@@ -353,6 +364,7 @@ class Controller:
         with _sigint_deferred():
             pid = os.fork()
             if pid == 0:  # the child: keep only its own two ends
+                self.readiness.close()
                 for other in self.workers:
                     other.commands.close()
                     other.results.close()
@@ -364,11 +376,16 @@ class Controller:
             command_reader.close()
             result_writer.close()
             worker = _Worker(pid, command_writer, result_reader, output=output)
-            self.workers.append(worker)
+            self._add(worker)
             return worker
+
+    def _add(self, worker: _Worker) -> None:
+        self.workers.append(worker)
+        self.readiness.watch(worker.results, worker)
 
     def _worker_gone(self, worker: _Worker) -> None:
         self.workers.remove(worker)
+        self.readiness.forget(worker.results)
         worker.commands.close()
         worker.results.close()
         status = worker.reap()

@@ -21,7 +21,7 @@ from _pytest.capture import FDCapture
 from pytest_memo.parallel.replay import warning_event
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
+    from pytest_memo.parallel.channel import MessageChannel
 
 # Messages, controller -> worker
 RUN = "run"  # ("run", [item indices]): append to the queue
@@ -82,8 +82,8 @@ class _EventRecorder:
 
 def run_worker(
     session: pytest.Session,
-    commands: Connection,
-    results: Connection,
+    commands: MessageChannel,
+    results: MessageChannel,
     finish: Any,
     output: CaptureFiles | None = None,
 ) -> None:
@@ -148,7 +148,10 @@ def _fresh_capture(config: pytest.Config, output: CaptureFiles | None) -> None:
 
 
 def _loop(
-    session: pytest.Session, commands: Connection, results: Connection, recorder: _EventRecorder
+    session: pytest.Session,
+    commands: MessageChannel,
+    results: MessageChannel,
+    recorder: _EventRecorder,
 ) -> None:
     items = session.items
     queue: deque[int] = deque()
