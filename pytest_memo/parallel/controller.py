@@ -32,7 +32,12 @@ from pytest_memo.parallel.channel import MessageChannel, Readiness, pipe
 from pytest_memo.parallel.output import HeldOutput, held_terminal_output
 from pytest_memo.parallel.replay import item_events, replay
 from pytest_memo.parallel.spawn import SpawnedWorkers
-from pytest_memo.parallel.worker import CaptureFiles, run_worker
+from pytest_memo.parallel.worker import (
+    CaptureFiles,
+    install_recorder,
+    remove_recorder,
+    run_worker,
+)
 
 __all__ = ["Controller"]
 
@@ -156,6 +161,8 @@ class Controller:
     def run(self) -> None:
         try:
             with held_terminal_output(self.config) as output:
+                if self.spawner is None:
+                    install_recorder(self.config)  # inherited by every forked worker
                 self._start_workers(self.wanted)
                 self._dispatch()
                 while self.workers or self.unreported:
@@ -179,6 +186,7 @@ class Controller:
         finally:
             gc.unfreeze()
             self.readiness.close()
+            remove_recorder(self.config)
             if self.spawner is not None:
                 self.spawner.close()
 

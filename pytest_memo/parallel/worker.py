@@ -45,30 +45,47 @@ def keeps_crash_output(config: pytest.Config) -> bool:
 MAIN_ONLY_PLUGINS = ("terminalreporter", "junitxml", "resultlog", "pastebin")
 
 
+RECORDER = "pytest_memo.parallel.recorder"
+
+
 class _EventRecorder:
-    """Collects, for the item being run, what serial pytest would send to reporters."""
+    """Collects, for the item being run, what serial pytest would send to reporters.
+
+    Registered once in the main process before it forks (``install_recorder``), where it
+    records nothing: registering costs a worker over a millisecond (pluggy inspects each
+    hook's signature), and workers start on a busy machine.
+    """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.events: list[tuple[Any, ...]] = []
+        self.recording = False  # set in workers
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self.events.append(("logstart", nodeid, location))
+        if self.recording:
+            self.events.append(("logstart", nodeid, location))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        data = self.config.hook.pytest_report_to_serializable(config=self.config, report=report)
-        self.events.append(("logreport", data))
+        if self.recording:
+            hook = self.config.hook
+            data = hook.pytest_report_to_serializable(config=self.config, report=report)
+            self.events.append(("logreport", data))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self.events.append(("logfinish", nodeid, location))
+        if self.recording:
+            self.events.append(("logfinish", nodeid, location))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_warning_recorded(
         self, warning_message: warnings.WarningMessage, when: str, nodeid: str, location: Any
     ) -> None:
+        # Not the historic calls made on registering, before the fork: configuration-time
+        # warnings, which the main process reports itself.
+        if not self.recording:
+            return
         record = warning_message
         event = warning_event(
             record.message, record.category, record.filename, record.lineno, when, nodeid, location
@@ -78,6 +95,21 @@ class _EventRecorder:
     def take(self) -> list[tuple[Any, ...]]:
         events, self.events = self.events, []
         return events
+
+
+def install_recorder(config: pytest.Config) -> _EventRecorder:
+    """The event recorder, registered unless it is already."""
+    recorder = config.pluginmanager.get_plugin(RECORDER)
+    if not isinstance(recorder, _EventRecorder):
+        recorder = _EventRecorder(config)
+        config.pluginmanager.register(recorder, RECORDER)
+    return recorder
+
+
+def remove_recorder(config: pytest.Config) -> None:
+    recorder = config.pluginmanager.get_plugin(RECORDER)
+    if recorder is not None:
+        config.pluginmanager.unregister(recorder)
 
 
 def run_worker(
@@ -105,11 +137,8 @@ def run_worker(
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
         _fresh_capture(config, output)
-        recorder = _EventRecorder(config)
-        config.pluginmanager.register(recorder, "pytest_memo.parallel.recorder")
-        # Registering replays the historic pytest_warning_recorded calls made before the
-        # fork (configuration-time warnings): the main process reports those already.
-        recorder.take()
+        recorder = install_recorder(config)  # a spawned worker registers it here
+        recorder.recording = True
         _loop(session, commands, results, recorder)
         results.send((BYE, finish(config)))
     except BaseException:  # say what broke, then leave without running the parent's cleanup
