@@ -164,6 +164,26 @@ def test_junitxml_lists_what_a_serial_run_lists(mixed: pytest.Pytester) -> None:
     assert cases("--par=2") == cases()
 
 
+def test_large_output_reaches_the_report_intact(pytester: pytest.Pytester) -> None:
+    # A report far larger than a pipe holds (64 KiB) travels in parts.
+    pytester.makepyfile(
+        test_loud="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_loud(i):
+            print("".join(f"{i}:{n:07d}\\n" for n in range(40_000)), end="")
+            print(f"end of case {i}")
+            assert i != 2
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "-rA")
+    result.assert_outcomes(passed=3, failed=1)
+    output = result.stdout.str()
+    for case in range(4):
+        assert f"{case}:0039999\n" in output and f"end of case {case}" in output
+
+
 @pytest.mark.parametrize(("option", "failures"), [("-x", 1), ("--maxfail=2", 2)])
 def test_maxfail_stops_dispatching(pytester: pytest.Pytester, option: str, failures: int) -> None:
     pytester.makepyfile(
