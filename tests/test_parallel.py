@@ -277,6 +277,10 @@ def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
         test_sleepy="""
         import os, time, pytest
 
+        @pytest.mark.parametrize("i", range(6))
+        def test_quick(i):
+            pass
+
         @pytest.mark.parametrize("i", range(20))
         def test_sleep(i):
             with open("pids.txt", "a") as pids:
@@ -297,6 +301,7 @@ def test_ctrl_c_stops_every_worker(pytester: pytest.Pytester) -> None:
         output, _ = process.communicate()
         pytest.fail(f"still running 20 s after Ctrl-C:\n{output}")
     assert "KeyboardInterrupt" in output
+    assert re.search(r"\b6 passed\b", output), output  # the summary counts what ran
     workers = {int(pid) for pid in (pytester.path / "pids.txt").read_text().split()}
     assert len(workers) == 2
     time.sleep(0.5)
