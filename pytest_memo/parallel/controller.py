@@ -210,10 +210,17 @@ class Controller:
         return None if self.timeout is None else min(1.0, self.timeout / 4)
 
     def _dispatch(self) -> None:
+        """Stop if -x or --maxfail say so; else top up the workers short of work (new
+        ones, those whose last test failed) and tell every worker when none is left.
+
+        A worker holding more than two items is topped up when it reports its next one:
+        sizing a batch for every worker after every message cost this process more
+        than anything but reporting."""
         if self.session.shouldfail or self.session.shouldstop:
             self._stop_all()
         for worker in self.workers:
-            self._top_up(worker)
+            if len(worker.assigned) <= 2 or not self.pending:
+                self._top_up(worker)
 
     def _top_up(self, worker: _Worker) -> None:
         if worker.ended:
