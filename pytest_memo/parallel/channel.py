@@ -1,9 +1,9 @@
 """Pickled messages over a pipe between the controller and a forked worker.
 
-multiprocessing's ``Pipe`` and ``wait`` do this too, but importing multiprocessing costs
-the main process about 5 ms before it can fork its first worker, and ``wait`` builds a
-new selector, registering every worker, on each call: the controller calls it twice per
-report.  A channel is a pipe end; ``Readiness`` keeps one selector for the whole run.
+multiprocessing's ``Pipe`` and ``wait`` do this too, but importing multiprocessing cost
+the main process about 2.5 ms more before it could fork its first worker, and ``wait``
+builds a new selector, registering every worker, on each call: the controller calls it
+twice per report.  A channel is a pipe end; ``Readiness`` keeps one selector for the whole run.
 Spawned workers talk over multiprocessing's authenticated sockets, which offer the same
 methods (``MessageChannel``).
 """
