@@ -164,6 +164,37 @@ def test_junitxml_lists_what_a_serial_run_lists(mixed: pytest.Pytester) -> None:
     assert cases("--par=2") == cases()
 
 
+@pytest.mark.parametrize(
+    "options",
+    [("--par-mode=process",), ("--par-mode=thread",), ("--par-mode=process", "--capture=sys")],
+)
+def test_each_test_captures_only_its_own_output(
+    pytester: pytest.Pytester, options: tuple[str, ...]
+) -> None:
+    # The tests print at the same time on different workers; each report must hold what
+    # its own test printed, and nothing of the others'.
+    pytester.makepyfile(
+        test_talk="""
+        import sys, time, pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_talk(i):
+            for n in range(20):
+                print(f"case {i} line {n}")
+                print(f"case {i} error {n}", file=sys.stderr)
+                time.sleep(0.005)
+        """
+    )
+    args = ("--par=4", *options, "--junitxml=out.xml", "-o", "junit_logging=all")
+    pytester.runpytest_subprocess(*FLAGS, *args).assert_outcomes(passed=4)
+    for case in ElementTree.parse(pytester.path / "out.xml").iter("testcase"):
+        number = case.get("name", "")[-2]  # test_talk[3] -> 3
+        for stream, word in (("system-out", "line"), ("system-err", "error")):
+            printed = [line for line in case.findtext(stream, "").splitlines() if line]
+            expected = [f"case {number} {word} {n}" for n in range(20)]
+            assert [line for line in printed if line.startswith("case")] == expected
+
+
 def test_large_output_reaches_the_report_intact(pytester: pytest.Pytester) -> None:
     # A report far larger than a pipe holds (64 KiB) travels in parts.
     pytester.makepyfile(

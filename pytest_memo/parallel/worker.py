@@ -136,7 +136,7 @@ def run_worker(
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
-        _fresh_capture(config, output)
+        _own_capture_files(config, output)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
         _loop(session, commands, results, recorder)
@@ -154,26 +154,25 @@ def _leave_to_the_controller(signum: int, frame: object) -> None:
     """SIGINT in a worker: nothing to do here, the controller stops every worker."""
 
 
-def _fresh_capture(config: pytest.Config, output: CaptureFiles | None) -> None:
-    """Give this worker its own capture files: the inherited ones are shared with the
-    main process and every other worker, and would mix their output.
+def _own_capture_files(config: pytest.Config, output: CaptureFiles | None) -> None:
+    """With fd capture (the default), make this worker capture into ``output``: files of
+    its own, which the controller reads if a test kills the worker.  The capture files a
+    forked worker inherits are shared with the main process and every other worker, and
+    would mix their output.
 
-    With fd capture (the default) and ``output``, the capture files are those: the
-    controller reads what a test printed before it killed its worker."""
+    The capture objects themselves are kept (pytest's write straight through, without
+    buffers): restarting capture cost each worker a millisecond while the others start.
+    Capture to memory (``--capture=sys``) is this process's own already.
+    """
     capture = config.pluginmanager.get_plugin("capturemanager")
-    if capture is None or not capture.is_globally_capturing():
-        return
-    capture.stop_global_capturing()
-    capture.start_global_capturing()
-    capture.suspend_global_capture()
-    if output is None:  # a spawned worker, or not fd capture
-        return
     captures = getattr(capture, "_global_capturing", None)
-    for name, shared in zip(("out", "err"), output, strict=True):
+    if output is None or captures is None:
+        return
+    for name, own in zip(("out", "err"), output, strict=True):
         fd_capture = getattr(captures, name, None)
         if isinstance(fd_capture, FDCapture):
-            # The capture's own file descriptor now refers to the shared file.
-            os.dup2(shared.fileno(), fd_capture.tmpfile.fileno())
+            # The capture's file descriptor now refers to the worker's own file.
+            os.dup2(own.fileno(), fd_capture.tmpfile.fileno())
 
 
 def _loop(
