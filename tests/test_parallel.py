@@ -478,6 +478,75 @@ def test_pdb_falls_back_to_serial(pytester: pytest.Pytester) -> None:
     )
 
 
+SLOW_AND_FAILING = """
+import time, pytest
+
+@pytest.mark.parametrize("i", range(8))
+def test_each(i):
+    time.sleep(0.03 * i)
+    print(f"printed by case {i}")
+    assert i not in (2, 5)
+"""
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_last_failed_and_durations_see_the_parallel_results(
+    pytester: pytest.Pytester, mode: str
+) -> None:
+    pytester.makepyfile(test_cases=SLOW_AND_FAILING)
+    with_cache = (*FLAGS[2:], "--par=2", f"--par-mode={mode}")  # --lf needs the cache
+    first = pytester.runpytest_subprocess(*with_cache, "--durations=2")
+    first.assert_outcomes(passed=6, failed=2)
+    first.stdout.fnmatch_lines(
+        ["*slowest 2 durations*", "0.2?s call *test_each?7?", "0.1?s call *test_each?6?"]
+    )
+    rerun = pytester.runpytest_subprocess(*with_cache, "--lf", "-v")
+    rerun.assert_outcomes(failed=2)
+    rerun.stdout.fnmatch_lines(["run-last-failure: rerun previous 2 failures"])
+    rerun.stdout.fnmatch_lines_random(["*test_each?2? FAILED*", "*test_each?5? FAILED*"])
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_with_s_worker_output_reaches_the_terminal(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(test_cases=SLOW_AND_FAILING)
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", f"--par-mode={mode}", "-s")
+    result.assert_outcomes(passed=6, failed=2)
+    printed = re.findall(r"printed by case (\d)", result.stdout.str())
+    assert sorted(printed) == [str(i) for i in range(8)]  # each once, as it ran
+    assert "Captured stdout" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(("preset", "workers"), [(None, 2), ("3", 2), (None, 0)])
+def test_numeric_library_threads_are_capped_in_workers(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, preset: str | None, workers: int
+) -> None:
+    from pytest_memo.parallel.schedule import usable_cpus
+
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        if preset is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, preset)
+    pytester.makepyfile(
+        test_threads="""
+        import os
+
+        def test_record():
+            names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            with open("threads.txt", "w") as out:
+                out.write(" ".join(os.environ.get(name, "unset") for name in names))
+        """
+    )
+    pytester.runpytest_subprocess(*FLAGS, f"--par={workers}").assert_outcomes(passed=1)
+    if preset is not None:
+        expected = preset  # the user's choice is kept
+    elif workers > 1:
+        expected = str(max(1, usable_cpus() // workers))
+    else:
+        expected = "unset"  # a serial run changes nothing
+    assert (pytester.path / "threads.txt").read_text().split() == [expected] * 3
+
+
 def test_scope_distribution_keeps_a_module_on_one_worker(pytester: pytest.Pytester) -> None:
     for name in ("first", "second", "third"):
         pytester.makepyfile(
