@@ -399,26 +399,42 @@ def test_programs_started_by_tests_get_ctrl_c_as_in_a_serial_run(pytester: pytes
         assert "2 passed" in process.stdout, (args, process.stdout)
 
 
-@pytest.mark.parametrize(("value", "workers"), [("0", 1), ("1", 1), ("auto", None)])
-def test_worker_counts(pytester: pytest.Pytester, value: str, workers: int | None) -> None:
-    pytester.makepyfile(
-        test_pids="""
-        import os, time, pytest
+PIDS = """
+import os, time, pytest
 
-        @pytest.mark.parametrize("i", range(6))
-        def test_pid(i):
-            time.sleep(0.1)
-            with open("pids.txt", "a") as pids:
-                pids.write(f"{os.getpid()}\\n")
-        """
-    )
+@pytest.mark.parametrize("i", range(6))
+def test_pid(i):
+    time.sleep(0.1)
+    with open("pids.txt", "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+"""
+
+
+@pytest.mark.parametrize(("value", "workers"), [("0", 1), ("1", 1), ("3", 3)])
+def test_worker_counts(pytester: pytest.Pytester, value: str, workers: int) -> None:
+    pytester.makepyfile(test_pids=PIDS)
     result = pytester.runpytest_subprocess(*FLAGS, f"--par={value}")
     result.assert_outcomes(passed=6)
-    pids = set((pytester.path / "pids.txt").read_text().split())
-    if workers is not None:
-        assert len(pids) == workers
-    else:
-        assert 1 <= len(pids) <= (os.cpu_count() or 1)
+    assert len(set((pytester.path / "pids.txt").read_text().split())) == workers
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_auto_uses_the_cpus_this_process_may_use(pytester: pytest.Pytester, cpus: int) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < cpus:
+        pytest.skip(f"needs {cpus} CPUs")
+    pytester.makepyfile(test_pids=PIDS)
+    process = start_pytest(
+        pytester,
+        "--par=auto",
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, allowed[:cpus]),
+    )
+    output, _ = process.communicate(timeout=60)
+    assert "6 passed" in output, output
+    assert (f"par: {cpus} workers" in output) == (cpus > 1)  # one CPU: a plain serial run
+    assert len(set((pytester.path / "pids.txt").read_text().split())) == cpus
 
 
 def test_no_more_workers_than_tests(pytester: pytest.Pytester) -> None:
