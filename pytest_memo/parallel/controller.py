@@ -38,6 +38,7 @@ from pytest_memo.parallel.worker import (
     remove_recorder,
     run_worker,
 )
+from pytest_memo.parallel.worker_coverage import WorkerCoverage
 
 __all__ = ["Controller"]
 
@@ -154,7 +155,11 @@ class Controller:
         self.unreported: deque[Sequence[tuple[Any, ...]]] = deque()
         # Wall time a worker takes per item, reports included: a moving average.
         self.seconds_per_item = 0.0
-        self.spawner = SpawnedWorkers(session.config, session.items) if spawn else None
+        # What workers measure for coverage.py, combined here when they are done.
+        self.coverage = WorkerCoverage.of_this_process()
+        self.spawner = (
+            SpawnedWorkers(session.config, session.items, self.coverage) if spawn else None
+        )
 
     # -- main loop ------------------------------------------------------------
 
@@ -189,6 +194,8 @@ class Controller:
             remove_recorder(self.config)
             if self.spawner is not None:
                 self.spawner.close()
+            if self.coverage is not None:
+                self.coverage.combine_workers()
 
     def _ready_workers(self, output: HeldOutput | None, block: bool) -> list[_Worker]:
         """Workers with a message; if none has one and ``block``, wait for one, after
@@ -386,7 +393,12 @@ class Controller:
                 command_writer.close()
                 result_reader.close()
                 run_worker(
-                    self.session, command_reader, result_writer, self.hooks.worker_finish, output
+                    self.session,
+                    command_reader,
+                    result_writer,
+                    self.hooks.worker_finish,
+                    output,
+                    self.coverage,
                 )
             command_reader.close()
             result_writer.close()

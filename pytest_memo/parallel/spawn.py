@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,12 +26,14 @@ if TYPE_CHECKING:  # imported where used: every pytest run imports this module
     from multiprocessing.connection import Connection
 
     from pytest_memo.parallel.worker import CaptureFiles
+    from pytest_memo.parallel.worker_coverage import WorkerCoverage
 
 __all__ = ["SpawnedWorkers", "collected_digest", "is_spawned_worker", "serve"]
 
 ADDRESS_VARIABLE = "PYTEST_MEMO_PAR_CONTROLLER"
 KEY_VARIABLE = "PYTEST_MEMO_PAR_KEY"
 OUTPUT_VARIABLE = "PYTEST_MEMO_PAR_OUTPUT"  # the worker's capture files, os.pathsep between
+COVERAGE_VARIABLE = "PYTEST_MEMO_PAR_COVERAGE"  # where the worker saves coverage.py data
 
 
 def collected_digest(items: Sequence[pytest.Item]) -> str:
@@ -40,7 +43,12 @@ def collected_digest(items: Sequence[pytest.Item]) -> str:
 class SpawnedWorkers:
     """Starts worker interpreters and accepts their connections."""
 
-    def __init__(self, config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        items: Sequence[pytest.Item],
+        coverage: WorkerCoverage | None = None,
+    ) -> None:
         from multiprocessing.connection import Listener
 
         from pytest_memo.parallel.worker import keeps_crash_output
@@ -54,6 +62,8 @@ class SpawnedWorkers:
             ADDRESS_VARIABLE: f"{address[0]}:{address[1]}",
             KEY_VARIABLE: self._key.hex(),
         }
+        if coverage is not None:
+            self._environment[COVERAGE_VARIABLE] = str(coverage.directory)
         # The same run, serially: it only collects and then serves.
         self._command = [sys.executable, "-m", "pytest", *config.invocation_params.args, "--par=0"]
         self._directory = config.invocation_params.dir
@@ -146,4 +156,9 @@ def serve(session: pytest.Session, finish: Any) -> None:
     if paths:
         out, err = (open(path, "r+b") for path in paths.split(os.pathsep))  # noqa: SIM115
         output = (out, err)
-    run_worker(session, connection, connection, finish, output)  # never returns
+    coverage = None
+    if COVERAGE_VARIABLE in os.environ:
+        from pytest_memo.parallel.worker_coverage import WorkerCoverage
+
+        coverage = WorkerCoverage.of_this_process(Path(os.environ.pop(COVERAGE_VARIABLE)))
+    run_worker(session, connection, connection, finish, output, coverage)  # never returns

@@ -22,6 +22,7 @@ from pytest_memo.parallel.replay import warning_event
 
 if TYPE_CHECKING:
     from pytest_memo.parallel.channel import MessageChannel
+    from pytest_memo.parallel.worker_coverage import WorkerCoverage
 
 # Messages, controller -> worker
 RUN = "run"  # ("run", [item indices]): append to the queue
@@ -118,10 +119,12 @@ def run_worker(
     results: MessageChannel,
     finish: Any,
     output: CaptureFiles | None = None,
+    coverage: WorkerCoverage | None = None,
 ) -> None:
     """Entry point in the forked child; never returns.
 
     ``output``: files, open in the controller too, to capture stdout and stderr into.
+    ``coverage``: coverage.py's measurement, to record this worker's part of.
     """
     code = 0
     try:
@@ -139,7 +142,11 @@ def run_worker(
         _own_capture_files(config, output)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
+        if coverage is not None:
+            coverage.record_this_worker()
         _loop(session, commands, results, recorder)
+        if coverage is not None:
+            coverage.save_this_worker()
         results.send((BYE, finish(config)))
     except BaseException:  # say what broke, then leave without running the parent's cleanup
         code = 70
