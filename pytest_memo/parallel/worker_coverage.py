@@ -72,7 +72,7 @@ class WorkerCoverage:
         try:
             files = sorted(str(path) for path in self.directory.iterdir())
             if files:
-                self.measurement.combine(data_paths=files, keep=True)
+                self.measurement.combine(data_paths=files)  # and deletes them
         except Exception as error:  # a worker killed while saving: report, lose only that
             warnings.warn(
                 f"pytest-memo: the coverage recorded by --par workers could not be combined "
