@@ -621,6 +621,100 @@ def test_thread_mode_rules(pytester: pytest.Pytester) -> None:
     )
 
 
+FIXTURE_SCOPES = {
+    "conftest": """
+    import pytest
+
+    def log(line):
+        with open("log.txt", "a") as out:
+            out.write(line + "\\n")
+
+    @pytest.fixture(scope="session")
+    def session_value():
+        log("set up session")
+        yield object()
+        log("tear down session")
+
+    @pytest.fixture(scope="module")
+    def module_name(request):
+        log(f"set up module {request.module.__name__}")
+        yield request.module.__name__
+        log(f"tear down module {request.module.__name__}")
+
+    @pytest.fixture(scope="class")
+    def class_name(request):
+        return request.cls.__name__
+
+    @pytest.fixture(scope="module", params=["a", "b"])
+    def backend(request):
+        log(f"open {request.param}")
+        value = {"name": request.param, "open": True}
+        yield value
+        value["open"] = False
+        log(f"close {request.param}")
+
+    @pytest.fixture(scope="module")
+    def client(backend):  # depends on a parametrized fixture: one per parameter
+        return f"client of {backend['name']}"
+
+    @pytest.fixture
+    def fresh(tmp_path):
+        value = []
+        yield value
+        value.append("torn down")
+    """,
+    "test_one": """
+    import time, pytest
+
+    def test_module(module_name, session_value):
+        time.sleep(0.1)
+        assert module_name == "test_one"
+
+    class TestA:
+        def test_a(self, class_name):
+            time.sleep(0.1)
+            assert class_name == "TestA"
+
+    class TestB:
+        def test_b(self, class_name):
+            time.sleep(0.1)
+            assert class_name == "TestB"
+
+    @pytest.mark.parametrize("i", range(3))
+    def test_backend(i, backend, client, fresh, tmp_path):
+        fresh.append(i)
+        (tmp_path / "case").write_text(str(i))
+        time.sleep(0.1)  # the others run meanwhile
+        assert backend["open"] and client == f"client of {backend['name']}"
+        assert fresh == [i] and (tmp_path / "case").read_text() == str(i)
+    """,
+    "test_two": """
+    import time
+
+    def test_module(module_name, session_value):
+        time.sleep(0.1)
+        assert module_name == "test_two"
+    """,
+}
+
+
+def test_thread_mode_gives_fixtures_the_values_of_a_serial_run(pytester: pytest.Pytester) -> None:
+    # Tests that run at the same time still get their own function-scoped values, the
+    # class- and module-scoped values made for their class and module, and the values
+    # made for their parameters; each is set up and torn down once.
+    conftest = FIXTURE_SCOPES["conftest"]
+    pytester.makeconftest(conftest)
+    pytester.makepyfile(test_one=FIXTURE_SCOPES["test_one"], test_two=FIXTURE_SCOPES["test_two"])
+    serial = pytester.runpytest_subprocess(*FLAGS)
+    serial.assert_outcomes(passed=10)
+    serial_log = sorted((pytester.path / "log.txt").read_text().splitlines())
+    (pytester.path / "log.txt").unlink()
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=4", "--par-mode=thread")
+    result.assert_outcomes(passed=10)
+    assert result.duration < serial.duration * 0.75  # tests did run at the same time
+    assert sorted((pytester.path / "log.txt").read_text().splitlines()) == serial_log
+
+
 def test_memoized_fixture_is_computed_once_across_workers(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
@@ -707,3 +801,38 @@ def test_few_tests_do_not_wait_for_more(pytester: pytest.Pytester, tests: int) -
     pytester.makepyfile(test_few="".join(f"def test_{n}():\n    pass\n\n" for n in range(tests)))
     result = pytester.runpytest_subprocess(*FLAGS, "--par=2", timeout=30)
     result.assert_outcomes(passed=tests)
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+@pytest.mark.parametrize("basetemp", [False, True])
+def test_workers_share_one_base_temporary_directory(
+    pytester: pytest.Pytester, mode: str, basetemp: bool
+) -> None:
+    # Each worker making its own would leave one locked directory per worker, and with
+    # --basetemp each would empty the directory the others' tests were writing in.
+    pytester.makepyfile(
+        test_files="""
+        import os, threading, time, pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_file(i, tmp_path):
+            (tmp_path / "data").write_text(str(i))
+            time.sleep(0.2)
+            assert (tmp_path / "data").read_text() == str(i)
+            with open(os.environ["RAN_LOG"], "a") as log:
+                log.write(f"{os.getpid()}-{threading.get_ident()} {tmp_path.parent}\\n")
+        """
+    )
+    log = pytester.path / "ran.txt"
+    options = [f"--basetemp={pytester.path / 'base'}"] if basetemp else []
+    os.environ["RAN_LOG"] = str(log)
+    try:
+        result = pytester.runpytest_subprocess(*FLAGS, "--par=3", f"--par-mode={mode}", *options)
+    finally:
+        del os.environ["RAN_LOG"]
+    result.assert_outcomes(passed=6)
+    rows = lines(log)
+    assert len({worker for worker, _ in rows}) > 1  # really spread over workers
+    assert len({base for _, base in rows}) == 1
+    if basetemp:
+        assert {base for _, base in rows} == {str(pytester.path / "base")}

@@ -212,6 +212,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     order = schedule.order(
         session.items, expected, keep_order=_order_is_given(config), workers=workers
     )
+    _make_basetemp_once(session)
     if _mode(config) == "thread":
         from pytest_memo.parallel.threads import ThreadRunner
 
@@ -241,6 +242,29 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     if session.shouldstop:
         raise session.Interrupted(session.shouldstop)
     return True
+
+
+TEMPORARY_DIRECTORY_FIXTURES = frozenset(
+    ("tmp_path", "tmpdir", "tmp_path_factory", "tmpdir_factory")
+)
+
+
+def _make_basetemp_once(session: pytest.Session) -> None:
+    """Create pytest's base temporary directory before the workers start, to share it.
+
+    Made by each worker when it first needs it, there would be one per worker (each one
+    locked, until pytest's clean-up considers it abandoned days later), and with
+    --basetemp each worker would empty the directory that the others' tests were using.
+    """
+    factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's tmp_path plugin
+    if factory is None:
+        return
+    used = any(
+        TEMPORARY_DIRECTORY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        for item in session.items
+    )
+    if used or session.config.option.basetemp:
+        factory.getbasetemp()
 
 
 def _use_spawn(config: pytest.Config) -> bool:

@@ -38,6 +38,7 @@ from _pytest.config import apply_warning_filters, parse_warning_filter
 from _pytest.runner import SetupState, call_and_report
 
 from pytest_memo.parallel.replay import item_events, replay, warning_event
+from pytest_memo.parallel.thread_fixtures import fixtures_per_context
 
 __all__ = ["ThreadRunner"]
 
@@ -264,6 +265,8 @@ class ThreadRunner:
         states = _PerThread(original_state, lambda: _KeepWiderScopes(deferred, deferred_lock))
         self.session._setupstate = states  # type: ignore[assignment]
         restore_capture = self._install_capture()
+        by_context = fixtures_per_context(self.session)
+        by_context.__enter__()
         threads = [
             threading.Thread(target=self._work, name=f"pytest-par-{n}", daemon=True)
             for n in range(self.workers)
@@ -282,6 +285,7 @@ class ThreadRunner:
             restore_capture()
             self.session._setupstate = original_state
             self._teardown(states.states, deferred)
+            by_context.__exit__(None, None, None)
 
     # -- the main thread ------------------------------------------------------
 
