@@ -485,13 +485,39 @@ def test_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...], message:
     result.stderr.fnmatch_lines([f"*{message}*"])
 
 
-def test_pdb_falls_back_to_serial(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_one="def test_one():\n    pass\n")
-    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--pdb")
-    result.assert_outcomes(passed=1, warnings=1)
-    result.stdout.fnmatch_lines(
-        ["*--par: running serially, as --pdb and --trace need one process*"]
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ("--pdb", "--pdb and --trace need one process"),
+        (
+            "--setup-show",
+            "--setup-show, --setup-only and --setup-plan list fixtures as one process*",
+        ),
+    ],
+)
+def test_options_that_need_one_process_fall_back_to_serial(
+    pytester: pytest.Pytester, option: str, reason: str
+) -> None:
+    pytester.makepyfile(
+        test_two="""
+        import os, pytest
+
+        @pytest.fixture
+        def value():
+            return 1
+
+        @pytest.mark.parametrize("i", range(2))
+        def test_two(i, value):
+            with open("pids.txt", "a") as pids:
+                pids.write(f"{os.getpid()}\\n")
+        """
     )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", option)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines([f"*--par: running serially, as {reason}*"])
+    assert len(set((pytester.path / "pids.txt").read_text().split())) == 1
+    if option == "--setup-show":
+        result.stdout.fnmatch_lines(["*SETUP    F value*", "*TEARDOWN F value*"])
 
 
 SLOW_AND_FAILING = """

@@ -179,12 +179,22 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             "--par and pytest-xdist's -n/--dist both distribute tests: use one of them"
         )
-    if config.getoption("usepdb", False) or config.getoption("trace", False):
+    reason = _needs_serial_run(config)
+    if reason:
         config.option.par = "0"
         config.issue_config_time_warning(
-            pytest.PytestWarning("--par: running serially, as --pdb and --trace need one process"),
-            stacklevel=2,
+            pytest.PytestWarning(f"--par: running serially, as {reason}"), stacklevel=2
         )
+
+
+def _needs_serial_run(config: pytest.Config) -> str | None:
+    if config.getoption("usepdb", False) or config.getoption("trace", False):
+        return "--pdb and --trace need one process"
+    if any(config.getoption(name, False) for name in ("setupshow", "setuponly", "setupplan")):
+        return (
+            "--setup-show, --setup-only and --setup-plan list fixtures as one process sets them up"
+        )
+    return None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

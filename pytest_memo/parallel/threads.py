@@ -3,7 +3,8 @@
 pytest is not thread-safe, so this mode makes a few rules, documented in docs/parallel.md:
 
 - Test bodies run concurrently.  Fixture setup and teardown run one at a time (a lock),
-  so a session or module fixture is created once and shared.
+  so a session or module fixture is created once and shared.  Fixture values are kept
+  per test, class, module and parameter, as a serial run makes them (thread_fixtures).
 - Each thread has its own setup state.  Fixtures wider than a function are torn down at
   the end of the run, once every thread is done, never while another thread may use them.
 - Output written through ``sys.stdout``/``sys.stderr`` is captured per thread and kept
