@@ -476,6 +476,10 @@ def test_a_few_long_tests_are_split_evenly(pytester: pytest.Pytester) -> None:
     [
         (("--par=abc",), "--par takes a number of workers or 'auto'"),
         (("--par=2", "-n", "2"), "--par and pytest-xdist's -n/--dist both distribute tests"),
+        (
+            ("--par=2", "--par-mode=thread", "--par-timeout=5"),
+            "--par-timeout needs --par-mode=process",
+        ),
     ],
 )
 def test_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
@@ -862,3 +866,65 @@ def test_workers_share_one_base_temporary_directory(
     assert len({base for _, base in rows}) == 1
     if basetemp:
         assert {base for _, base in rows} == {str(pytester.path / "base")}
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_assertion_explanations_are_those_of_a_serial_run(
+    pytester: pytest.Pytester, mode: str
+) -> None:
+    pytester.makepyfile(
+        test_explained="""
+        import pytest
+
+        @pytest.mark.parametrize("i", [0, 1, 3])
+        def test_lists(i):
+            assert [1, 2, 3] == [1, 2, i]
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", f"--par-mode={mode}")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines_random(["E *At index 2 diff: 3 != 0", "E *At index 2 diff: 3 != 1"])
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_terminal_writer_can_be_used_inside_tests(pytester: pytest.Pytester, mode: str) -> None:
+    # As pytest-timeout does when a test times out: in a worker, the text goes to the
+    # test's captured output (the terminal belongs to the main process).
+    pytester.makepyfile(
+        test_writes="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(2))
+        def test_writes(request, i):
+            request.config.get_terminal_writer().line(f"written by case {i}")
+            assert i == 0
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", f"--par-mode={mode}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*written by case 1*"])
+
+
+def test_thread_mode_warns_when_a_plugin_replaces_the_test_protocol(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+        from _pytest.runner import runtestprotocol
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtest_protocol(item, nextitem):
+            item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            runtestprotocol(item, nextitem=nextitem)
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return True
+        """
+    )
+    pytester.makepyfile(test_two="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    warning = "*--par-mode=thread runs pytest's own test protocol, so the one of *conftest.py*"
+    thread = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--par-mode=thread")
+    thread.assert_outcomes(passed=2, warnings=1)
+    thread.stdout.fnmatch_lines([warning])
+    process = pytester.runpytest_subprocess(*FLAGS, "--par=2")
+    process.assert_outcomes(passed=2)

@@ -162,6 +162,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = selected
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Here, not when the run starts: warnings of collection time reach the summary.
+    if worker_count(session.config) > 1 and _mode(session.config) == "thread":
+        from pytest_memo.parallel.threads import warn_of_replaced_protocols
+
+        warn_of_replaced_protocols(session.config)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: in --par thread mode, run this test alone")
     if config.getoption("shard"):
@@ -178,6 +186,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no":
         raise pytest.UsageError(
             "--par and pytest-xdist's -n/--dist both distribute tests: use one of them"
+        )
+    if config.getoption("par_timeout") and _mode(config) == "thread":
+        raise pytest.UsageError(
+            "--par-timeout needs --par-mode=process: a test running in a thread cannot be stopped"
         )
     reason = _needs_serial_run(config)
     if reason:

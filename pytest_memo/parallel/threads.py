@@ -34,6 +34,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, TextIO
 
 import pytest
+from _pytest.assertion import util as assertion_util
 from _pytest.capture import MultiCapture
 from _pytest.config import apply_warning_filters, parse_warning_filter
 from _pytest.runner import SetupState, call_and_report
@@ -41,7 +42,7 @@ from _pytest.runner import SetupState, call_and_report
 from pytest_memo.parallel.replay import item_events, replay, warning_event
 from pytest_memo.parallel.thread_fixtures import fixtures_per_context
 
-__all__ = ["ThreadRunner"]
+__all__ = ["ThreadRunner", "warn_of_replaced_protocols"]
 
 _DONE = object()
 
@@ -199,6 +200,79 @@ class _ThreadWarnings:
             self.local.item = None
 
 
+class _ThreadAssertions:
+    """pytest's assertion explanations ("At index 2 diff: ...") in every thread.
+
+    For the length of each test's protocol, pytest's assertion plugin points two module
+    globals at functions made for that test; rewritten ``assert`` statements call them.
+    Thread mode runs several tests at once and not that protocol: the globals point at
+    dispatchers for the run instead, and each thread keeps the functions the plugin made
+    for its test (the plugin's own protocol wrapper makes them, and is closed at once).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.local = threading.local()
+        self.passes_hooked = bool(config.hook.pytest_assertion_pass.get_hookimpls())
+
+    @contextlib.contextmanager
+    def installed(self) -> Generator[None, None, None]:
+        saved = assertion_util._reprcompare, assertion_util._assertion_pass
+        try:
+            self._install()
+            yield
+        finally:
+            assertion_util._reprcompare, assertion_util._assertion_pass = saved
+            assertion_util._config = None
+
+    def _install(self) -> None:
+        assertion_util._reprcompare = self._reprcompare
+        # Left unset when no plugin listens: rewritten asserts then skip explaining passes.
+        assertion_util._assertion_pass = self._assertion_pass if self.passes_hooked else None
+        assertion_util._config = self.config
+
+    def prepare(self, item: pytest.Item) -> None:
+        """In the test's thread, before its setup (under the fixture lock)."""
+        plugin = self.config.pluginmanager.get_plugin("assertion")
+        wrapper = getattr(plugin, "pytest_runtest_protocol", None)
+        if wrapper is None:  # -p no:assertion, or --assert=plain
+            return
+        made = wrapper(item)
+        next(made)
+        self.local.made = assertion_util._reprcompare, assertion_util._assertion_pass
+        made.close()
+        self._install()
+
+    def _reprcompare(self, op: str, left: object, right: object) -> str | None:
+        explain = getattr(self.local, "made", (None, None))[0]
+        return explain(op, left, right) if explain is not None else None
+
+    def _assertion_pass(self, lineno: int, orig: str, expl: str) -> None:
+        report = getattr(self.local, "made", (None, None))[1]
+        if report is not None:
+            report(lineno, orig, expl)
+
+
+def warn_of_replaced_protocols(config: pytest.Config) -> None:
+    """Thread mode runs pytest's own test protocol (setup, call, teardown): plugins that
+    replace it (pytest-rerunfailures, flaky) would silently not apply."""
+    replacing = sorted(
+        {
+            impl.plugin_name
+            for impl in config.hook.pytest_runtest_protocol.get_hookimpls()
+            if not (impl.wrapper or impl.hookwrapper) and impl.plugin_name != "runner"
+        }
+    )
+    if replacing:
+        warnings.warn(
+            pytest.PytestWarning(
+                f"--par-mode=thread runs pytest's own test protocol, so the one of "
+                f"{', '.join(replacing)} does not apply; use --par-mode=process"
+            ),
+            stacklevel=2,
+        )
+
+
 def _ignored_by_marks(
     item: pytest.Item, text: str, category: type[Warning], filename: str, lineno: int
 ) -> bool:
@@ -258,6 +332,7 @@ class ThreadRunner:
         patterns = self.config.getini("par_serial")
         self.serial_patterns: list[str] = list(patterns)
         self.warnings = _ThreadWarnings(self.config)
+        self.assertions = _ThreadAssertions(self.config)
 
     def run(self) -> None:
         deferred: list[Callable[[], object]] = []
@@ -273,7 +348,7 @@ class ThreadRunner:
             for n in range(self.workers)
         ]
         try:
-            with self.warnings.installed():
+            with self.warnings.installed(), self.assertions.installed():
                 for thread in threads:
                     thread.start()
                 self._report(len(threads))
@@ -373,6 +448,7 @@ class ThreadRunner:
         has_request = hasattr(item, "_request")
         try:
             with self.fixture_lock:
+                self.assertions.prepare(item)
                 reports = [call_and_report(item, "setup", log=False)]
             if reports[0].passed and not item.config.getoption("setuponly", False):
                 reports.append(call_and_report(item, "call", log=False))

@@ -16,6 +16,7 @@ from collections import deque
 from typing import IO, TYPE_CHECKING, Any
 
 import pytest
+from _pytest._io import TerminalWriter
 from _pytest.capture import FDCapture
 
 from pytest_memo.parallel.replay import warning_event
@@ -139,6 +140,10 @@ def run_worker(
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
+        # Plugins that write to the terminal from inside a test (pytest-timeout's stack
+        # dump) write to the test's captured output, which its report carries back.
+        writer = TerminalWriter(_CurrentStdout())  # type: ignore[arg-type]
+        config.get_terminal_writer = lambda: writer  # type: ignore[method-assign]
         _own_capture_files(config, output)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
@@ -155,6 +160,20 @@ def run_worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+class _CurrentStdout:
+    """Writes to whatever ``sys.stdout`` is when written to: during a test, its capture.
+    The terminal itself belongs to the main process."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 def _leave_to_the_controller(signum: int, frame: object) -> None:
