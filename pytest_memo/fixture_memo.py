@@ -8,8 +8,10 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 
 from __future__ import annotations
 
+import dis
 import inspect
 import time
+import types
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -109,6 +111,14 @@ class FixtureMemo:
         self, fixturedef: Any, request: Any, options: MemoOptions
     ) -> Generator[None, Any, Any]:
         _refuse_unsupported(fixturedef)
+        function = getattr(fixturedef.func, "__func__", fixturedef.func)
+        if "getfixturevalue" in global_names(function.__code__):
+            _warn(
+                f"fixture {fixturedef.argname!r} calls request.getfixturevalue(): the values "
+                "it gets that way cannot enter its key, so it is computed, not memoized; "
+                "request those fixtures as arguments instead"
+            )
+            return (yield)
         key, slot = self._key(fixturedef, request, options)
         self._keys[fixturedef] = key
         self.stats.used_keys.add(key)
@@ -193,6 +203,13 @@ class FixtureMemo:
         except OSError as error:
             _warn(f"cannot read the store entry of fixture {fixturedef.argname!r}: {error}")
             return None
+        except Exception as error:  # unpickling runs user code (a class that changed shape)
+            _warn(
+                f"removed an entry of fixture {fixturedef.argname!r} that no longer loads "
+                f"({type(error).__name__}: {error}) and recomputed it"
+            )
+            store.remove(key)
+            return None
         if entry is not None and entry.info.fixture != fixturedef.argname:
             return None  # not ours: never serve another fixture's value
         return entry
@@ -213,8 +230,10 @@ class FixtureMemo:
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
         param = self._param(fixturedef, request)
         if "request" in fixturedef.argnames and _reads_requesting_test(function):
-            # request.node, request.function, ...: the value depends on the requesting test.
+            # request.node, request.function, ... or request handed to other code: the
+            # value may depend on the requesting test.
             param = hash((param, request.node.nodeid))
+        options_read = _options_read(function, request.config)
         dependencies = {
             name: self._dependency(fixturedef, request, name)
             for name in fixturedef.argnames
@@ -222,6 +241,7 @@ class FixtureMemo:
         }
         files = None
         if options.depends:
+            _refuse_absolute_patterns(fixturedef.argname, options.depends, self.settings.rootdir)
             files, unmatched = files_digest(self.settings.rootdir, options.depends)
             for pattern in unmatched:
                 _warn(
@@ -234,6 +254,7 @@ class FixtureMemo:
             dependencies=dependencies,
             files=files,
             version=hash(options.version),
+            command_line=options_read,
         )
         return key, combine(identity=identity, param=param)
 
@@ -317,8 +338,81 @@ REQUESTING_TEST_ATTRIBUTES = frozenset(
 )
 
 
+# Attributes of ``request`` that do not depend on the requesting test.
+FIXTURE_ATTRIBUTES = frozenset(
+    {"param", "param_index", "config", "fixturename", "scope", "addfinalizer"}
+)
+# Instructions that only prepare a variable for a nested function (checked on its own).
+CELL_INSTRUCTIONS = frozenset({"MAKE_CELL", "LOAD_CLOSURE", "COPY_FREE_VARS"})
+
+
 def _reads_requesting_test(function: Any) -> bool:
-    return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(global_names(function.__code__))
+    code = function.__code__
+    names = global_names(code)
+    return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(names) or _request_passed_on(code)
+
+
+def _request_passed_on(code: types.CodeType) -> bool:
+    """Whether the code does anything with ``request`` other than read one of
+    :data:`FIXTURE_ATTRIBUTES`: handing it to a helper, which may read the test's node."""
+    instructions = list(dis.get_instructions(code))
+    for position, instruction in enumerate(instructions):
+        argument = instruction.argval
+        mentioned = argument if isinstance(argument, tuple) else (argument,)
+        if "request" not in mentioned or instruction.opname in CELL_INSTRUCTIONS:
+            continue
+        following = instructions[position + 1] if position + 1 < len(instructions) else None
+        only_reads_an_attribute = (
+            instruction.opname.startswith(("LOAD_FAST", "LOAD_DEREF", "STORE_FAST_LOAD_FAST"))
+            and mentioned[-1] == "request"
+            and following is not None
+            and following.opname in ("LOAD_ATTR", "LOAD_METHOD")
+            and following.argval in FIXTURE_ATTRIBUTES
+        )
+        if not only_reads_an_attribute:
+            return True
+    return any(
+        _request_passed_on(const) for const in code.co_consts if isinstance(const, types.CodeType)
+    )
+
+
+def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None:
+    """Command-line options and ini values the code names (``request.config.getoption
+    ("size")``), with the values they have in this run: they enter the key."""
+    code = function.__code__
+    if "config" not in global_names(code):
+        return None
+    read = {}
+    for text in sorted(_string_constants(code)):
+        for kind, lookup in (("option", config.getoption), ("ini", config.getini)):
+            try:
+                value = lookup(text)
+            except (ValueError, AttributeError, KeyError):
+                continue
+            try:
+                read[f"{kind}:{text}"] = hash(value)
+            except UnhashableError:
+                read[f"{kind}:{text}"] = repr(value)
+    return read
+
+
+def _string_constants(code: types.CodeType) -> set[str]:
+    found = {const for const in code.co_consts if isinstance(const, str)}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found |= _string_constants(const)
+    return found
+
+
+def _refuse_absolute_patterns(name: str, patterns: Any, rootdir: Path) -> None:
+    for pattern in patterns:
+        if Path(pattern).is_absolute():
+            pytest.fail(
+                f"pytest-memo: depends pattern {pattern!r} of fixture {name!r} is an absolute "
+                f"path; patterns are relative to the rootdir ({rootdir}), so that keys are the "
+                "same in every checkout: write it relative to the rootdir",
+                pytrace=False,
+            )
 
 
 def _refuse_unsupported(fixturedef: Any) -> None:

@@ -9,7 +9,10 @@ function reads counts by content.
 
 from __future__ import annotations
 
+import dis
+import importlib
 import importlib.metadata
+import importlib.util
 import sys
 import types
 from collections.abc import Iterable, Sequence
@@ -60,6 +63,8 @@ class CodeFingerprints:
         self.rootdir = rootdir.resolve()
         self._done: dict[int, tuple[object, str]] = {}
         self._active: set[int] = set()
+        self._modules_active: set[str] = set()
+        self._placeholders = 0  # recursion placeholders handed out so far
         self._project_modules: dict[str, bool] = {}
         self._distributions: dict[str, list[str]] | None = None
 
@@ -69,13 +74,18 @@ class CodeFingerprints:
         if known is not None and known[0] is obj:
             return known[1]
         if id(obj) in self._active:  # recursion: the outer call covers this object
+            self._placeholders += 1
             return f"recursive:{_name(obj)}"
         self._active.add(id(obj))
+        placeholders = self._placeholders
         try:
             digest = hash(self._parts(obj))
         finally:
             self._active.discard(id(obj))
-        self._done[id(obj)] = (obj, digest)
+        # A fingerprint that stands in for an object being fingerprinted further out is
+        # complete only there: another fixture reaching this object first must not reuse it.
+        if self._placeholders == placeholders:
+            self._done[id(obj)] = (obj, digest)
         return digest
 
     def _parts(self, obj: Any) -> tuple[Any, ...]:
@@ -97,6 +107,15 @@ class CodeFingerprints:
             for name in names
             if name in func.__globals__
         ]
+        # Modules imported inside the function are not globals: ``from pkg.helpers import
+        # build`` in its body names ``pkg.helpers`` and ``build``.
+        package = func.__globals__.get("__package__")
+        for name in _imported_modules(func.__code__, package):
+            module = sys.modules.get(name) or self._import_if_project(name)
+            if module is None:
+                references.append((name, ("module", name, self.distribution_version(name))))
+            else:
+                references.append((name, self.reference(module, names)))
         cells = [self.reference(cell.cell_contents, names) for cell in func.__closure__ or ()]
         defaults = [self.reference(value, names) for value in func.__defaults__ or ()]
         kwdefaults = {k: self.reference(v, names) for k, v in (func.__kwdefaults__ or {}).items()}
@@ -137,14 +156,38 @@ class CodeFingerprints:
     def _module_reference(self, module: types.ModuleType, names: Iterable[str]) -> Any:
         if not self._module_in_project(module.__name__):
             return ("module", module.__name__, self.distribution_version(module.__name__))
+        if module.__name__ in self._modules_active:  # modules that import each other
+            self._placeholders += 1
+            return ("module", module.__name__, "recursive")
         # ``helpers.load(...)`` reads attribute ``load`` of a project module: follow the
-        # attributes whose names the code uses.
+        # attributes whose names the code uses; ``pkg.helpers.load(...)`` goes through a
+        # submodule, whose attributes are named by the same code.
         used = sorted(name for name in set(names) if hasattr(module, name))
-        return (
-            "module",
-            module.__name__,
-            [(n, self.reference(getattr(module, n), ())) for n in used],
-        )
+        self._modules_active.add(module.__name__)
+        try:
+            followed = []
+            for name in used:
+                value = getattr(module, name)
+                inner = names if isinstance(value, types.ModuleType) else ()
+                followed.append((name, self.reference(value, inner)))
+        finally:
+            self._modules_active.discard(module.__name__)
+        return ("module", module.__name__, followed)
+
+    def _import_if_project(self, name: str) -> types.ModuleType | None:
+        """A project module the function imports when it runs, imported now: on a hit
+        it never runs, and the key must still see the module's code."""
+        try:
+            spec = importlib.util.find_spec(name.partition(".")[0])
+        except (ImportError, ValueError):
+            return None
+        origin = getattr(spec, "origin", None)
+        if not origin or not self._path_in_project(Path(origin)):
+            return None
+        try:
+            return importlib.import_module(name)
+        except Exception:  # the fixture will fail the same way when it runs
+            return None
 
     def is_project(self, obj: Any) -> bool:
         return self._module_in_project(getattr(obj, "__module__", None) or "")
@@ -160,7 +203,10 @@ class CodeFingerprints:
         filename = getattr(module, "__file__", None)
         if not filename:
             return False
-        path = Path(filename).resolve()
+        return self._path_in_project(Path(filename))
+
+    def _path_in_project(self, path: Path) -> bool:
+        path = path.resolve()
         if "site-packages" in path.parts or "dist-packages" in path.parts:
             return False
         return path.is_relative_to(self.rootdir)
@@ -182,6 +228,28 @@ class CodeFingerprints:
             except importlib.metadata.PackageNotFoundError:
                 continue
         return ",".join(sorted(versions)) or f"unversioned:{top}"
+
+
+def _imported_modules(code: types.CodeType, package: str | None) -> list[str]:
+    """Absolute names of the modules a code object (and the code nested in it) imports."""
+    found = []
+    instructions = list(dis.get_instructions(code))
+    for position, instruction in enumerate(instructions):
+        if instruction.opname != "IMPORT_NAME":
+            continue
+        level_load = instructions[position - 2] if position >= 2 else None
+        level = level_load.argval if level_load and level_load.opname == "LOAD_CONST" else 0
+        name = str(instruction.argval)
+        if isinstance(level, int) and level > 0:
+            try:
+                name = importlib.util.resolve_name("." * level + name, package)
+            except (ImportError, ValueError):
+                continue
+        found.append(name)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found.extend(_imported_modules(const, package))
+    return found
 
 
 def _name(obj: Any) -> str:

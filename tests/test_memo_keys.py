@@ -391,3 +391,225 @@ def test_a_fixture_reading_the_requesting_test_is_stored_per_test(suite: MemoSui
     suite.run().assert_outcomes(passed=2)
     suite.run().assert_outcomes(passed=2)
     assert suite.calls() == ["name", "name"]
+
+
+# Reaching a helper through an import in the fixture's body, or through a submodule.
+INDIRECT_CALLERS = {
+    "import inside the fixture": ("helpers.py", "", "    from helpers import build\n", "build(3)"),
+    "submodule attribute": ("pkg/helpers.py", "import pkg.helpers", "", "pkg.helpers.build(3)"),
+}
+
+
+@pytest.mark.parametrize("caller", INDIRECT_CALLERS.values(), ids=INDIRECT_CALLERS.keys())
+@pytest.mark.parametrize("edit", HELPER_EDITS.values(), ids=HELPER_EDITS.keys())
+def test_editing_a_helper_reached_indirectly_invalidates(
+    suite: MemoSuite, caller: tuple[str, str, str, str], edit: tuple[str, str]
+) -> None:
+    helper_path, import_line, inner_import, call = caller
+    if helper_path.startswith("pkg/"):
+        suite.write("pkg/__init__.py", "")
+    suite.write(helper_path, HELPERS)
+    suite.write(
+        "conftest.py",
+        f"{import_line}\n\n\n@pytest.fixture\n@pytest.mark.memo\n"
+        f"def data():\n{inner_import}    record('data')\n    return {call}\n",
+    )
+    suite.write("test_it.py", TEST_SEEN)
+    suite.run().assert_outcomes(passed=1)
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data"]
+    suite.replace(helper_path, *edit)
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]
+    assert suite.seen()[-1] != suite.seen()[0]
+
+
+def test_functions_that_call_each_other_invalidate_every_fixture_using_them(
+    suite: MemoSuite,
+) -> None:
+    # Which fixture is keyed first must not matter: the fingerprint of a function made
+    # while its caller was being fingerprinted is incomplete on its own.
+    suite.write(
+        "mutual.py",
+        """
+        def ping(n):
+            return "A1" if n == 0 else pong(n - 1)
+
+
+        def pong(n):
+            return ping(n)
+        """,
+    )
+    suite.write(
+        "conftest.py",
+        """
+        from mutual import ping, pong
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def first():
+            record("first")
+            return ping(2)
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def second():
+            record("second")
+            return pong(1)
+        """,
+    )
+    suite.write(
+        "test_it.py",
+        "from memo_log import record\n\n"
+        "def test_both(first, second):\n    record((first, second), 'seen.txt')\n",
+    )
+    suite.run().assert_outcomes(passed=1)
+    suite.replace("mutual.py", '"A1"', '"A9"')
+    suite.run().assert_outcomes(passed=1)
+    assert sorted(suite.calls()) == ["first", "first", "second", "second"]
+    assert suite.seen()[-1] == "('A9', 'A9')"
+
+
+def test_a_fixture_handing_request_to_a_helper_is_stored_per_test(suite: MemoSuite) -> None:
+    suite.write("naming.py", "def name_of(request):\n    return request.node.name\n")
+    suite.write(
+        "conftest.py",
+        """
+        from naming import name_of
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def test_name(request):
+            record("name")
+            return name_of(request)
+        """,
+    )
+    suite.write(
+        "test_it.py",
+        "def test_one(test_name):\n    assert test_name == 'test_one'\n\n"
+        "def test_two(test_name):\n    assert test_name == 'test_two'\n",
+    )
+    suite.run().assert_outcomes(passed=2)
+    suite.run().assert_outcomes(passed=2)
+    assert suite.calls() == ["name", "name"]
+
+
+def test_command_line_options_the_fixture_reads_enter_the_key(suite: MemoSuite) -> None:
+    suite.write(
+        "conftest.py",
+        """
+        def pytest_addoption(parser):
+            parser.addoption("--size", default="small")
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def data(request):
+            record("data")
+            return request.config.getoption("size")
+        """,
+    )
+    suite.write("test_it.py", TEST_SEEN)
+    for size in ("small", "large", "large", "small"):
+        suite.run(f"--size={size}").assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]
+    assert suite.seen() == ["small", "large", "large", "small"]
+
+
+def test_a_fixture_calling_getfixturevalue_is_computed_not_memoized(suite: MemoSuite) -> None:
+    suite.write(
+        "conftest.py",
+        """
+        import os
+
+
+        @pytest.fixture
+        def setting():
+            return os.environ["SETTING"]
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def data(request):
+            record("data")
+            return request.getfixturevalue("setting")
+        """,
+    )
+    suite.write("test_it.py", TEST_SEEN)
+    for value in ("one", "two"):
+        os.environ["SETTING"] = value
+        try:
+            result = suite.run()
+        finally:
+            del os.environ["SETTING"]
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(["*'data' calls request.getfixturevalue()*not memoized*"])
+    assert suite.calls() == ["data", "data"]
+    assert suite.seen() == ["one", "two"]
+
+
+def test_an_entry_that_no_longer_loads_is_recomputed(suite: MemoSuite) -> None:
+    # Unpickling runs the value's own code, which can fail where the key sees no change
+    # (here: an environment variable).
+    suite.write(
+        "thing.py",
+        """
+        import os
+
+
+        class Thing:
+            def __init__(self):
+                self.x = 1
+
+            def __setstate__(self, state):
+                if os.environ.get("THING_BROKEN"):
+                    raise RuntimeError("this Thing cannot be loaded")
+                self.__dict__.update(state)
+        """,
+    )
+    suite.write(
+        "conftest.py",
+        """
+        from thing import Thing
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def data():
+            record("data")
+            return Thing()
+        """,
+    )
+    suite.write("test_it.py", "def test_it(data):\n    assert data.x == 1\n")
+    suite.run().assert_outcomes(passed=1)
+    os.environ["THING_BROKEN"] = "1"
+    try:
+        broken = suite.run()
+    finally:
+        del os.environ["THING_BROKEN"]
+    broken.assert_outcomes(passed=1, warnings=1)
+    broken.stdout.fnmatch_lines(["*no longer loads (RuntimeError: this Thing cannot be loaded)*"])
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]  # the replaced entry loads again
+
+
+def test_an_absolute_depends_pattern_is_a_clear_error(suite: MemoSuite) -> None:
+    shared = suite.path / "shared.txt"
+    shared.write_text("1")
+    suite.write(
+        "conftest.py",
+        f"""
+        @pytest.fixture
+        @pytest.mark.memo(depends=[{str(shared)!r}])
+        def data():
+            return 1
+        """,
+    )
+    suite.write("test_it.py", TEST_SEEN)
+    result = suite.run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*depends pattern * of fixture 'data' is an absolute path*"])
+    assert "Traceback" not in result.stdout.str()
