@@ -372,15 +372,26 @@ def test_editing_an_unrelated_helper_does_not_invalidate(suite: MemoSuite) -> No
     assert suite.calls() == ["data"]
 
 
-def test_a_fixture_reading_the_requesting_test_is_stored_per_test(suite: MemoSuite) -> None:
+@pytest.mark.parametrize(
+    "body",
+    ["request.node.name", "name_of(request)"],
+    ids=["reads request.node", "hands request to a helper"],
+)
+def test_a_fixture_reading_the_requesting_test_is_stored_per_test(
+    suite: MemoSuite, body: str
+) -> None:
+    suite.write("naming.py", "def name_of(request):\n    return request.node.name\n")
     suite.write(
         "conftest.py",
-        """
+        f"""
+        from naming import name_of
+
+
         @pytest.fixture
         @pytest.mark.memo
         def test_name(request):
             record("name")
-            return request.node.name
+            return {body}
         """,
     )
     suite.write(
@@ -470,31 +481,6 @@ def test_functions_that_call_each_other_invalidate_every_fixture_using_them(
     suite.run().assert_outcomes(passed=1)
     assert sorted(suite.calls()) == ["first", "first", "second", "second"]
     assert suite.seen()[-1] == "('A9', 'A9')"
-
-
-def test_a_fixture_handing_request_to_a_helper_is_stored_per_test(suite: MemoSuite) -> None:
-    suite.write("naming.py", "def name_of(request):\n    return request.node.name\n")
-    suite.write(
-        "conftest.py",
-        """
-        from naming import name_of
-
-
-        @pytest.fixture
-        @pytest.mark.memo
-        def test_name(request):
-            record("name")
-            return name_of(request)
-        """,
-    )
-    suite.write(
-        "test_it.py",
-        "def test_one(test_name):\n    assert test_name == 'test_one'\n\n"
-        "def test_two(test_name):\n    assert test_name == 'test_two'\n",
-    )
-    suite.run().assert_outcomes(passed=2)
-    suite.run().assert_outcomes(passed=2)
-    assert suite.calls() == ["name", "name"]
 
 
 def test_command_line_options_the_fixture_reads_enter_the_key(suite: MemoSuite) -> None:
