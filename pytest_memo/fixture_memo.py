@@ -262,7 +262,7 @@ class FixtureMemo:
         if not hasattr(request, "param"):
             return None
         try:
-            return hash(request.param, self.settings.rootdir)
+            return self.fingerprints.data_digest(request.param)
         except UnhashableError as error:
             problem = str(error)
         # Failing outside the except clause: the report shows our message alone, not a
@@ -289,7 +289,7 @@ class FixtureMemo:
                 pytrace=False,
             )
         try:
-            return ("value", hash(request.getfixturevalue(name), self.settings.rootdir))
+            return ("value", self.fingerprints.data_digest(request.getfixturevalue(name)))
         except UnhashableError as error:
             problem = str(error)
         pytest.fail(  # outside the except clause, as in _param

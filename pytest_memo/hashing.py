@@ -46,7 +46,18 @@ def hash(obj: Any, relative_to: str | os.PathLike[str] | None = None) -> str:
     With ``relative_to`` (a project's root directory), absolute paths inside it count as
     relative ones, so the digest is the same in every checkout of the project.
     """
+    return content_hash(obj, relative_to)
+
+
+def content_hash(
+    obj: Any,
+    relative_to: str | os.PathLike[str] | None = None,
+    code_of: Callable[[Any], str | None] | None = None,
+) -> str:
+    """:func:`hash`, where ``code_of`` may add a fingerprint of the code of the functions
+    and classes met (cache keys: a table of functions changes when a function does)."""
     hasher = _ContentHasher(None if relative_to is None else Path(relative_to))
+    hasher.code_of = code_of
     try:
         hasher.update(obj)
     except RecursionError:
@@ -89,6 +100,7 @@ class _ContentHasher:
         self._pending: list[bytes] = []
         # Containers on the current path, for cycles: id -> position in the path.
         self._path: dict[int, int] = {}
+        self.code_of: Callable[[Any], str | None] | None = None
 
     def hexdigest(self) -> str:
         self._flush()
@@ -98,6 +110,7 @@ class _ContentHasher:
         """Digest of one item on its own, used to order set elements and odd dict keys."""
         sub = _ContentHasher()
         sub._roots = self._roots
+        sub.code_of = self.code_of
         sub._path = self._path
         sub.update(obj)
         sub._flush()
@@ -272,6 +285,9 @@ class _ContentHasher:
         name = _global_name(obj)
         if name is not None:
             self._emit_sized(b"G", name.encode())
+            fingerprint = self.code_of(obj) if self.code_of is not None else None
+            if fingerprint is not None:
+                self._emit_sized(b"C", fingerprint.encode())
         elif isinstance(obj, types.FunctionType):
             self._function(obj)
         elif isinstance(obj, type):

@@ -10,6 +10,7 @@ function reads counts by content.
 from __future__ import annotations
 
 import dis
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -21,7 +22,7 @@ from typing import Any
 
 import xxhash
 
-from pytest_memo.hashing import UnhashableError, code_hash, global_names, hash
+from pytest_memo.hashing import UnhashableError, code_hash, content_hash, global_names, hash
 
 __all__ = ["CodeFingerprints", "combine", "files_digest"]
 
@@ -89,7 +90,12 @@ class CodeFingerprints:
         return digest
 
     def _parts(self, obj: Any) -> tuple[Any, ...]:
-        obj = getattr(obj, "__wrapped__", obj)
+        wrapped = getattr(obj, "__wrapped__", None)
+        if wrapped is not None and wrapped is not obj:
+            # A decorated function: the decorator's wrapper (its code, and the arguments
+            # the decorator was given, in its closure) counts as well as the function.
+            outer = self._function_parts(obj) if isinstance(obj, types.FunctionType) else None
+            return ("wrapped", outer, self.of(wrapped))
         if isinstance(obj, types.MethodType):
             obj = obj.__func__
         if isinstance(obj, staticmethod | classmethod):
@@ -146,12 +152,23 @@ class CodeFingerprints:
             if owner is None or self._module_in_project(owner):
                 return self.of(value)
             return ("external", _name(value), self.distribution_version(owner))
-        if callable(value) and not self._module_in_project(getattr(value, "__module__", "")):
+        external = not self._module_in_project(getattr(value, "__module__", None) or "")
+        if callable(value) and external and not isinstance(value, functools.partial):
             return ("external", _name(value), self.distribution_version(value.__module__ or ""))
         try:
-            return ("data", hash(value, self.rootdir))
+            return ("data", self.data_digest(value))
         except UnhashableError:
             return ("opaque", type(value).__module__, type(value).__qualname__)
+
+    def data_digest(self, value: Any) -> str:
+        """Digest of a value for a key: by content, and the project's functions and
+        classes in it (a table of functions, an instance, a parameter) by their code."""
+        return content_hash(value, self.rootdir, self._project_code)
+
+    def _project_code(self, obj: Any) -> str | None:
+        if isinstance(obj, type | types.FunctionType) and self.is_project(obj):
+            return self.of(obj)
+        return None
 
     def _module_reference(self, module: types.ModuleType, names: Iterable[str]) -> Any:
         if not self._module_in_project(module.__name__):

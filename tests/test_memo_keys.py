@@ -599,3 +599,105 @@ def test_an_absolute_depends_pattern_is_a_clear_error(suite: MemoSuite) -> None:
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*depends pattern * of fixture 'data' is an absolute path*"])
     assert "Traceback" not in result.stdout.str()
+
+
+# Project code held in data: a table of functions, an instance, a partial, a decorated
+# function, a function handed over by a dependency or as a parameter.
+CODE_IN_DATA = """
+import functools
+
+
+def table_entry():
+    return "entry one"
+
+
+TABLE = {"entry": table_entry}
+
+
+class Calculator:
+    def compute(self):
+        return 100
+
+
+CALCULATOR = Calculator()
+
+
+def add_one(x):
+    return x + 1
+
+
+ADD_TO_ELEVEN = functools.partial(add_one, 11)
+
+
+def doubled(function):
+    @functools.wraps(function)
+    def wrapper():
+        return function() * 2
+
+    return wrapper
+
+
+@doubled
+def seven():
+    return 7
+
+
+def algorithm():
+    return "first"
+"""
+CODE_IN_DATA_CASES = {
+    "table of functions": (
+        "from code_in_data import TABLE\n\n\n"
+        "@pytest.fixture\n@pytest.mark.memo\n"
+        "def data():\n    record('data')\n    return TABLE['entry']()\n",
+        ('"entry one"', '"entry two"'),
+    ),
+    "instance of a project class": (
+        "from code_in_data import CALCULATOR\n\n\n"
+        "@pytest.fixture\n@pytest.mark.memo\n"
+        "def data():\n    record('data')\n    return CALCULATOR.compute()\n",
+        ("return 100", "return 200"),
+    ),
+    "partial": (
+        "from code_in_data import ADD_TO_ELEVEN\n\n\n"
+        "@pytest.fixture\n@pytest.mark.memo\n"
+        "def data():\n    record('data')\n    return ADD_TO_ELEVEN()\n",
+        ("return x + 1", "return x + 2"),
+    ),
+    "decorator's wrapper": (
+        "from code_in_data import seven\n\n\n"
+        "@pytest.fixture\n@pytest.mark.memo\n"
+        "def data():\n    record('data')\n    return seven()\n",
+        ("function() * 2", "function() * 3"),
+    ),
+    "function from a dependency": (
+        "import code_in_data\n\n\n"
+        "@pytest.fixture\ndef chosen():\n    return code_in_data.algorithm\n\n\n"
+        "@pytest.fixture\n@pytest.mark.memo\n"
+        "def data(chosen):\n    record('data')\n    return chosen()\n",
+        ('return "first"', 'return "second"'),
+    ),
+    "function as a parameter": (
+        "import code_in_data\n\n\n"
+        "@pytest.fixture(params=[code_in_data.algorithm])\n@pytest.mark.memo\n"
+        "def data(request):\n    record('data')\n    return request.param()\n",
+        ('return "first"', 'return "second"'),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CODE_IN_DATA_CASES.values(), ids=CODE_IN_DATA_CASES.keys())
+def test_editing_project_code_held_in_data_invalidates(
+    suite: MemoSuite, case: tuple[str, tuple[str, str]]
+) -> None:
+    conftest, edit = case
+    suite.write("code_in_data.py", CODE_IN_DATA)
+    suite.write("conftest.py", conftest)
+    suite.write("test_it.py", TEST_SEEN)
+    suite.run().assert_outcomes(passed=1)
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data"]
+    suite.replace("code_in_data.py", *edit)
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]
+    assert suite.seen()[-1] != suite.seen()[0]
