@@ -113,6 +113,14 @@ class CodeFingerprints:
             for name in names
             if name in func.__globals__
         ]
+        # A method reads attributes of its class through ``self`` (``self.FACTOR``).
+        owner = _owner_class(func)
+        if owner is not None and self.is_project(owner):
+            references += [
+                (f"self.{name}", self.reference(getattr(owner, name), ()))
+                for name in names
+                if name not in func.__globals__ and hasattr(owner, name)
+            ]
         # Modules imported inside the function are not globals: ``from pkg.helpers import
         # build`` in its body names ``pkg.helpers`` and ``build``.
         package = func.__globals__.get("__package__")
@@ -137,6 +145,8 @@ class CodeFingerprints:
                 continue
             if isinstance(value, property):
                 value = (value.fget, value.fset, value.fdel)
+            elif isinstance(value, functools.cached_property):
+                value = value.func
             members[attribute] = self.reference(value, ())
         return ("class", _name(cls), bases, members)
 
@@ -245,6 +255,17 @@ class CodeFingerprints:
             except importlib.metadata.PackageNotFoundError:
                 continue
         return ",".join(sorted(versions)) or f"unversioned:{top}"
+
+
+def _owner_class(func: types.FunctionType) -> type | None:
+    """The class a function is defined in, found by its qualified name."""
+    path = func.__qualname__.split(".")[:-1]
+    if not path or "<locals>" in path:
+        return None
+    found: Any = sys.modules.get(func.__module__)
+    for part in path:
+        found = getattr(found, part, None)
+    return found if isinstance(found, type) else None
 
 
 def _imported_modules(code: types.CodeType, package: str | None) -> list[str]:

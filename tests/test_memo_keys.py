@@ -644,6 +644,12 @@ def seven():
 
 def algorithm():
     return "first"
+
+
+class Lazy:
+    @functools.cached_property
+    def value(self):
+        return 200
 """
 CODE_IN_DATA_CASES = {
     "table of functions": (
@@ -677,6 +683,12 @@ CODE_IN_DATA_CASES = {
         "def data(chosen):\n    record('data')\n    return chosen()\n",
         ('return "first"', 'return "second"'),
     ),
+    "cached property": (
+        "from code_in_data import Lazy\n\n\n"
+        "@pytest.fixture\n@pytest.mark.memo\n"
+        "def data():\n    record('data')\n    return Lazy().value\n",
+        ("return 200", "return 300"),
+    ),
     "function as a parameter": (
         "import code_in_data\n\n\n"
         "@pytest.fixture(params=[code_in_data.algorithm])\n@pytest.mark.memo\n"
@@ -701,3 +713,33 @@ def test_editing_project_code_held_in_data_invalidates(
     suite.run().assert_outcomes(passed=1)
     assert suite.calls() == ["data", "data"]
     assert suite.seen()[-1] != suite.seen()[0]
+
+
+def test_a_class_attribute_a_fixture_method_reads_enters_the_key(suite: MemoSuite) -> None:
+    suite.write(
+        "test_it.py",
+        """
+        import pytest
+        from memo_log import record
+
+
+        class TestScaled:
+            FACTOR = 2
+
+            @pytest.fixture(scope="class")
+            @pytest.mark.memo
+            def scaled(self):
+                record("scaled")
+                return self.FACTOR * 10
+
+            def test_scaled(self, scaled):
+                record(scaled, "seen.txt")
+        """,
+    )
+    suite.run().assert_outcomes(passed=1)
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["scaled"]
+    suite.replace("test_it.py", "FACTOR = 2", "FACTOR = 3")
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["scaled", "scaled"]
+    assert suite.seen() == ["20", "20", "30"]
