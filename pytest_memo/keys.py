@@ -209,7 +209,7 @@ class CodeFingerprints:
         except (ImportError, ValueError):
             return None
         origin = getattr(spec, "origin", None)
-        if not origin or not self._path_in_project(Path(origin)):
+        if not origin or not self._path_in_project(Path(origin), name):
             return None
         try:
             return importlib.import_module(name)
@@ -230,13 +230,18 @@ class CodeFingerprints:
         filename = getattr(module, "__file__", None)
         if not filename:
             return False
-        return self._path_in_project(Path(filename))
+        return self._path_in_project(Path(filename), module_name)
 
-    def _path_in_project(self, path: Path) -> bool:
+    def _path_in_project(self, path: Path, module_name: str) -> bool:
+        """Code counts by its code unless it is installed (site-packages) or the standard
+        library, which count by version: code outside the rootdir that is not installed
+        (a sibling ``src/`` on ``pythonpath``) is edited like the project's own."""
         path = path.resolve()
         if "site-packages" in path.parts or "dist-packages" in path.parts:
             return False
-        return path.is_relative_to(self.rootdir)
+        if path.is_relative_to(self.rootdir):
+            return True
+        return module_name.partition(".")[0] not in sys.stdlib_module_names
 
     def distribution_version(self, module_name: str) -> str:
         top = module_name.partition(".")[0]

@@ -743,3 +743,32 @@ def test_a_class_attribute_a_fixture_method_reads_enters_the_key(suite: MemoSuit
     suite.run().assert_outcomes(passed=1)
     assert suite.calls() == ["scaled", "scaled"]
     assert suite.seen() == ["20", "20", "30"]
+
+
+def test_code_outside_the_rootdir_that_is_not_installed_counts_by_code(
+    suite: MemoSuite,
+) -> None:
+    outside = suite.path.parent / f"{suite.path.name}-src"
+    outside.mkdir()
+    (outside / "library_code.py").write_text("def answer():\n    return 41\n")
+    (suite.path / "pytest.ini").write_text(f"[pytest]\npythonpath = ../{outside.name}\n")
+    suite.write(
+        "conftest.py",
+        """
+        import library_code
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def data():
+            record("data")
+            return library_code.answer()
+        """,
+    )
+    suite.write("test_it.py", TEST_SEEN)
+    suite.run().assert_outcomes(passed=1)
+    suite.run().assert_outcomes(passed=1)
+    (outside / "library_code.py").write_text("def answer():\n    return 42\n")
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]
+    assert suite.seen() == ["41", "41", "42"]
