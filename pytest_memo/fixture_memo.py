@@ -9,6 +9,7 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 from __future__ import annotations
 
 import dis
+import functools
 import inspect
 import time
 import types
@@ -352,6 +353,7 @@ def _reads_requesting_test(function: Any) -> bool:
     return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(names) or _request_passed_on(code)
 
 
+@functools.cache  # per code object: a function-scoped fixture is keyed for every test
 def _request_passed_on(code: types.CodeType) -> bool:
     """Whether the code does anything with ``request`` other than read one of
     :data:`FIXTURE_ATTRIBUTES`: handing it to a helper, which may read the test's node."""
@@ -396,12 +398,13 @@ def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None
     return read
 
 
-def _string_constants(code: types.CodeType) -> set[str]:
+@functools.cache
+def _string_constants(code: types.CodeType) -> frozenset[str]:
     found = {const for const in code.co_consts if isinstance(const, str)}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             found |= _string_constants(const)
-    return found
+    return frozenset(found)
 
 
 def _refuse_absolute_patterns(name: str, patterns: Any, rootdir: Path) -> None:
