@@ -82,6 +82,10 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             buffer = pickle.PickleBuffer(raw)
             self._itemsizes[id(buffer)] = obj.dtype.itemsize
             return _rebuild_array, (buffer, obj.dtype, obj.shape, order)
+        if isinstance(obj, io.IOBase) and not isinstance(obj, io.BytesIO | io.StringIO):
+            # cloudpickle would store a snapshot of an open file's text and load a
+            # StringIO: another type, detached from the file. Refuse, as pickle does.
+            raise TypeError(f"cannot store an open file or stream ({obj!r})")
         return super().reducer_override(obj)
 
     def _take_buffer(self, buffer: pickle.PickleBuffer) -> bool:

@@ -185,6 +185,7 @@ UNSERIALIZABLE = {
     "lock": ("import threading", "threading.Lock()", "lock"),
     "generator": ("", "(n for n in range(3))", "generator"),
     "list holding a lock": ("import threading", "[1, threading.Lock()]", "list"),
+    "open file": ("", "open('conftest.py')", "TextIOWrapper"),
 }
 
 

@@ -181,6 +181,15 @@ def test_writes_are_atomic_and_leave_no_temporary_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["value.memo"]
 
 
+def test_an_open_file_is_refused_not_stored_as_a_copy(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with text.open() as handle, pytest.raises(TypeError, match="cannot store an open file"):
+        dump({"notes": handle}, tmp_path / "value.memo")
+    dump(io.StringIO("in memory"), tmp_path / "buffer.memo")  # in-memory streams are data
+    assert load(tmp_path / "buffer.memo").getvalue() == "in memory"
+
+
 @pytest.mark.parametrize(
     ("compress", "message"),
     [
