@@ -833,10 +833,12 @@ def test_few_tests_do_not_wait_for_more(pytester: pytest.Pytester, tests: int) -
     result.assert_outcomes(passed=tests)
 
 
-@pytest.mark.parametrize("mode", ["process", "thread"])
+@pytest.mark.parametrize(
+    "mode", [("--par-mode=process",), ("--par-mode=thread",), ("--par-start=spawn",)]
+)
 @pytest.mark.parametrize("basetemp", [False, True])
 def test_workers_share_one_base_temporary_directory(
-    pytester: pytest.Pytester, mode: str, basetemp: bool
+    pytester: pytest.Pytester, mode: tuple[str, ...], basetemp: bool
 ) -> None:
     # Each worker making its own would leave one locked directory per worker, and with
     # --basetemp each would empty the directory the others' tests were writing in.
@@ -850,14 +852,17 @@ def test_workers_share_one_base_temporary_directory(
             time.sleep(0.2)
             assert (tmp_path / "data").read_text() == str(i)
             with open(os.environ["RAN_LOG"], "a") as log:
-                log.write(f"{os.getpid()}-{threading.get_ident()} {tmp_path.parent}\\n")
+                base = tmp_path.parent
+                if base.name.startswith("worker-"):  # a spawned worker's, inside the run's
+                    base = base.parent
+                log.write(f"{os.getpid()}-{threading.get_ident()} {base}\\n")
         """
     )
     log = pytester.path / "ran.txt"
     options = [f"--basetemp={pytester.path / 'base'}"] if basetemp else []
     os.environ["RAN_LOG"] = str(log)
     try:
-        result = pytester.runpytest_subprocess(*FLAGS, "--par=3", f"--par-mode={mode}", *options)
+        result = pytester.runpytest_subprocess(*FLAGS, "--par=3", *mode, *options)
     finally:
         del os.environ["RAN_LOG"]
     result.assert_outcomes(passed=6)

@@ -277,6 +277,7 @@ def _make_basetemp_once(session: pytest.Session) -> None:
     Made by each worker when it first needs it, there would be one per worker (each one
     locked, until pytest's clean-up considers it abandoned days later), and with
     --basetemp each worker would empty the directory that the others' tests were using.
+    Spawned workers each get a directory of their own inside it, as --basetemp.
     """
     factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's tmp_path plugin
     if factory is None:
@@ -286,7 +287,8 @@ def _make_basetemp_once(session: pytest.Session) -> None:
         for item in session.items
     )
     if used or session.config.option.basetemp:
-        factory.getbasetemp()
+        # Spawned workers are told to use directories inside it (they cannot inherit it).
+        session.config.stash[spawn.SHARED_BASETEMP] = factory.getbasetemp()
 
 
 def _use_spawn(config: pytest.Config) -> bool:

@@ -34,6 +34,8 @@ ADDRESS_VARIABLE = "PYTEST_MEMO_PAR_CONTROLLER"
 KEY_VARIABLE = "PYTEST_MEMO_PAR_KEY"
 OUTPUT_VARIABLE = "PYTEST_MEMO_PAR_OUTPUT"  # the worker's capture files, os.pathsep between
 COVERAGE_VARIABLE = "PYTEST_MEMO_PAR_COVERAGE"  # where the worker saves coverage.py data
+# The main process's base temporary directory, when it made one before the workers start.
+SHARED_BASETEMP = pytest.StashKey[Path]()
 
 
 def collected_digest(items: Sequence[pytest.Item]) -> str:
@@ -66,6 +68,8 @@ class SpawnedWorkers:
             self._environment[COVERAGE_VARIABLE] = str(coverage.directory)
         # The same run, serially: it only collects and then serves.
         self._command = [sys.executable, "-m", "pytest", *config.invocation_params.args, "--par=0"]
+        self._basetemp = config.stash.get(SHARED_BASETEMP, None)
+        self._spawned = 0
         self._directory = config.invocation_params.dir
         # Its own header and collection lines would repeat the main process's; with -s,
         # tests print straight to the terminal, so then it keeps the terminal.
@@ -87,7 +91,7 @@ class SpawnedWorkers:
                 paths = os.pathsep.join(file.name for file in output)
                 environment = {**environment, OUTPUT_VARIABLE: paths}
             process = subprocess.Popen(
-                self._command, cwd=self._directory, env=environment, stdout=self._output
+                self._worker_command(), cwd=self._directory, env=environment, stdout=self._output
             )
             processes.append(process)
             outputs[process.pid] = output
@@ -107,6 +111,13 @@ class SpawnedWorkers:
                 )
             started.append((by_pid[pid], connection, outputs[pid]))
         return started
+
+    def _worker_command(self) -> list[str]:
+        self._spawned += 1
+        if self._basetemp is None:
+            return self._command
+        # The last --basetemp given wins: a directory of the worker's own, inside the run's.
+        return [*self._command, f"--basetemp={self._basetemp / f'worker-{self._spawned}'}"]
 
     def _capture_files(self) -> CaptureFiles | None:
         if self._captures is None:
