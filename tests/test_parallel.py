@@ -933,3 +933,39 @@ def test_thread_mode_warns_when_a_plugin_replaces_the_test_protocol(
     thread.stdout.fnmatch_lines([warning])
     process = pytester.runpytest_subprocess(*FLAGS, "--par=2")
     process.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+@pytest.mark.parametrize(
+    ("stop", "code", "line"),
+    [
+        ('pytest.exit("bye now", returncode=5)', 5, "*Exit: bye now*"),
+        ("raise KeyboardInterrupt", 2, "*!!! KeyboardInterrupt !!!*"),
+    ],
+)
+def test_a_test_that_stops_the_run_stops_it_as_in_a_serial_run(
+    pytester: pytest.Pytester, mode: str, stop: str, code: int, line: str
+) -> None:
+    pytester.makepyfile(
+        test_stops=f"""
+        import time, pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_before(i):
+            time.sleep(0.1)
+
+        def test_stop():
+            {stop}
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_after(i):
+            time.sleep(0.1)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", f"--par-mode={mode}")
+    assert result.ret == code
+    result.stdout.fnmatch_lines([line])
+    output = result.stdout.str() + result.stderr.str()
+    assert "crashed" not in output and "Traceback" not in output
+    # Like serial pytest: the stopping test is not reported, nothing failed.
+    assert set(result.parseoutcomes()) <= {"passed", "warnings"}

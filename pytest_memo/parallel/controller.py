@@ -110,6 +110,12 @@ class _Worker:
         return _describe_exit(signal_number=0, code=os.WEXITSTATUS(status))
 
 
+def _raise_like_a_serial_run(stopped_by: tuple[Any, ...]) -> None:
+    if stopped_by[0] == "exit":
+        raise pytest.exit.Exception(stopped_by[1], stopped_by[2])
+    raise KeyboardInterrupt
+
+
 class Hooks:
     """What the controller needs from the rest of the plugin, kept out of this module."""
 
@@ -150,6 +156,7 @@ class Controller:
         self.workers: list[_Worker] = []
         self.readiness: Readiness[_Worker] = Readiness()
         self.stopping = False
+        self.stopped_by: tuple[Any, ...] | None = None  # a test's pytest.exit() or Ctrl-C
         # Events of finished items, to replay here (passing items wait in line while
         # workers are answered first).
         self.unreported: deque[Sequence[tuple[Any, ...]]] = deque()
@@ -181,6 +188,8 @@ class Controller:
                     if ready:
                         self._dispatch()
                     self._enforce_timeout()
+            if self.stopped_by is not None:
+                _raise_like_a_serial_run(self.stopped_by)
         except KeyboardInterrupt:
             self._kill_all()
             self._report_finished()  # the summary counts what ran
@@ -342,6 +351,13 @@ class Controller:
                 # before any more work is sent.
                 self._report_finished()
                 replay(self.config, events)
+        elif kind == protocol.STOPPED:
+            # As serial pytest does: the test is not reported, the run stops (tests
+            # running on other workers finish), and the main process raises the same.
+            _, index, self.stopped_by = message
+            worker.assigned.popleft()
+            worker.assigned.clear()
+            self._stop_all()
         elif kind == protocol.BYE:
             worker.said_bye = True
             self.hooks.merge(self.config, message[1])

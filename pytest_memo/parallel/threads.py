@@ -333,6 +333,7 @@ class ThreadRunner:
         self.serial_patterns: list[str] = list(patterns)
         self.warnings = _ThreadWarnings(self.config)
         self.assertions = _ThreadAssertions(self.config)
+        self.stopped_by: BaseException | None = None  # what a worker thread raised
 
     def run(self) -> None:
         deferred: list[Callable[[], object]] = []
@@ -362,6 +363,8 @@ class ThreadRunner:
             self.session._setupstate = original_state
             self._teardown(states.states, deferred)
             by_context.__exit__(None, None, None)
+        if self.stopped_by is not None:
+            raise self.stopped_by  # as in a serial run: "!!! Exit: ... !!!" and its code
 
     # -- the main thread ------------------------------------------------------
 
@@ -436,6 +439,10 @@ class ThreadRunner:
                     self.gate.leave(alone)
                 # As in a serial run: the warnings once the test has finished.
                 self.results.put([*item_events(item, reports), *warned])
+        except BaseException as error:  # pytest.exit() or KeyboardInterrupt in a test, or
+            # an error of ours: the main thread raises it once the others have stopped.
+            self.stopped_by = self.stopped_by or error
+            self.stop.set()
         finally:
             self.results.put(_DONE)
 

@@ -32,6 +32,8 @@ STOP = "stop"  # stop as soon as the current item is done (-x, --maxfail)
 # Messages, worker -> controller
 ITEM = "item"  # ("item", index, [events]) once an item's protocol has finished
 BYE = "bye"  # ("bye", extra) before exiting normally
+STOPPED = "stopped"  # ("stopped", index, ("exit", reason, code) | ("interrupt",)): a test
+# called pytest.exit() or raised KeyboardInterrupt, which stops a serial run
 
 # A worker's stdout and stderr capture files, also open in the controller, which reads
 # them when a test kills its worker.
@@ -226,7 +228,14 @@ def _loop(
             break
         index = queue.popleft()
         nextitem = items[queue[0]] if queue else None
-        items[index].config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
+        try:
+            items[index].config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
+        except pytest.exit.Exception as stop:
+            results.send((STOPPED, index, ("exit", stop.msg, stop.returncode)))
+            break
+        except KeyboardInterrupt:
+            results.send((STOPPED, index, ("interrupt",)))
+            break
         results.send((ITEM, index, recorder.take()))
     # After a stop, fixtures of wider scopes may still be set up: finalize them.
     session._setupstate.teardown_exact(None)
