@@ -969,3 +969,56 @@ def test_a_test_that_stops_the_run_stops_it_as_in_a_serial_run(
     assert "crashed" not in output and "Traceback" not in output
     # Like serial pytest: the stopping test is not reported, nothing failed.
     assert set(result.parseoutcomes()) <= {"passed", "warnings"}
+
+
+@pytest.mark.parametrize(
+    "mode", [("--par-mode=process",), ("--par-start=spawn",), ("--par-mode=thread",)]
+)
+def test_plugins_see_each_report_and_warning_once(
+    pytester: pytest.Pytester, mode: tuple[str, ...]
+) -> None:
+    # As a JSON report log or a result uploader would: one line per report and warning.
+    pytester.makeconftest(
+        """
+        import os
+
+        def log(line):
+            with open("seen.txt", "a") as seen:
+                seen.write(f"{line} {os.getpid()}\\n")
+
+        def pytest_runtest_logstart(nodeid):
+            log(f"start {nodeid}")
+
+        def pytest_runtest_logreport(report):
+            log(f"report {report.nodeid} {report.when}")
+
+        def pytest_runtest_logfinish(nodeid):
+            log(f"finish {nodeid}")
+
+        def pytest_warning_recorded(warning_message, nodeid):
+            log(f"warning {nodeid}")
+        """
+    )
+    pytester.makepyfile(
+        test_seen="""
+        import time, warnings, pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_each(i):
+            time.sleep(0.05)
+            warnings.warn(f"case {i}")
+            assert i != 2
+        """
+    )
+
+    def seen() -> list[str]:
+        lines = (pytester.path / "seen.txt").read_text().splitlines()
+        (pytester.path / "seen.txt").unlink()
+        return sorted(line.rsplit(" ", 1)[0] for line in lines)
+
+    pytester.runpytest_subprocess(*FLAGS).assert_outcomes(passed=3, failed=1, warnings=4)
+    serial = seen()
+    pytester.runpytest_subprocess(*FLAGS, "--par=2", *mode).assert_outcomes(
+        passed=3, failed=1, warnings=4
+    )
+    assert seen() == serial

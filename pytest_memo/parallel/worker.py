@@ -13,6 +13,7 @@ import sys
 import traceback
 import warnings
 from collections import deque
+from collections.abc import Generator
 from typing import IO, TYPE_CHECKING, Any
 
 import pytest
@@ -149,6 +150,7 @@ def run_worker(
         _own_capture_files(config, output)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
+        _leave_reporting_to_the_main_process(config, recorder)
         if coverage is not None:
             coverage.record_this_worker()
         _loop(session, commands, results, recorder)
@@ -162,6 +164,42 @@ def run_worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+# Hooks whose calls the main process replays from what the recorder sends: here, only the
+# recorder may see them, or every plugin reporting tests (a JSON log, a result uploader)
+# would see each report twice, once here and once there.
+REPLAYED_HOOKS = (
+    "pytest_runtest_logstart",
+    "pytest_runtest_logreport",
+    "pytest_runtest_logfinish",
+    "pytest_warning_recorded",
+)
+
+
+def _leave_reporting_to_the_main_process(config: pytest.Config, recorder: object) -> None:
+    for name in REPLAYED_HOOKS:
+        for implementation in getattr(config.hook, name).get_hookimpls():
+            if implementation.plugin is recorder:
+                continue
+            if implementation.wrapper:
+                implementation.function = _pass_through
+            elif implementation.hookwrapper:
+                implementation.function = _old_style_pass_through
+            else:
+                implementation.function = _ignore
+
+
+def _ignore(*arguments: object) -> None:
+    return None
+
+
+def _pass_through(*arguments: object) -> Generator[None, object, object]:
+    return (yield)
+
+
+def _old_style_pass_through(*arguments: object) -> Generator[None, object, None]:
+    yield
 
 
 class _CurrentStdout:
