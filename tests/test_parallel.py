@@ -1022,3 +1022,28 @@ def test_plugins_see_each_report_and_warning_once(
         passed=3, failed=1, warnings=4
     )
     assert seen() == serial
+
+
+def test_a_terminal_that_cannot_show_a_character_gets_lines_as_in_a_serial_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONIOENCODING", "ascii")
+    pytester.makepyfile(  # a module whose name the terminal cannot show
+        **{
+            "test_caf\u00e9": """
+            import pytest
+
+            @pytest.mark.parametrize("word", ["one", "two", "three"])
+            def test_word(word):
+                assert word
+            """
+        }
+    )
+
+    def progress(*args: str) -> list[str]:
+        result = pytester.runpytest_subprocess(*FLAGS, "-v", *args)
+        return sorted(line for line in result.stdout.lines if "PASSED" in line)
+
+    serial = progress()
+    assert len(serial) == 3
+    assert progress("--par=2") == serial

@@ -50,12 +50,17 @@ class HeldOutput:
         self.released_at = time.monotonic()
         if not self.parts:
             return
-        text = "".join(self.parts)
-        self.parts.clear()
+        parts, self.parts = self.parts, []
         try:
-            self.stream.write(text)
-        except UnicodeEncodeError:  # as pytest's own writer does on such terminals
-            self.stream.write(text.encode("unicode-escape").decode("ascii"))
+            self.stream.write("".join(parts))
+        except UnicodeEncodeError:
+            # A terminal that cannot show some character: write piece by piece, escaping
+            # only the pieces that fail, as pytest's own writer does with each write.
+            for part in parts:
+                try:
+                    self.stream.write(part)
+                except UnicodeEncodeError:
+                    self.stream.write(part.encode("unicode-escape").decode("ascii"))
         self.stream.flush()
 
 
