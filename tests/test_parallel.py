@@ -1047,3 +1047,31 @@ def test_a_terminal_that_cannot_show_a_character_gets_lines_as_in_a_serial_run(
     serial = progress()
     assert len(serial) == 3
     assert progress("--par=2") == serial
+
+
+def test_thread_mode_fails_the_run_on_an_error_in_a_shared_fixture_teardown(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_teardown="""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def resource():
+            yield 1
+            raise RuntimeError("teardown went wrong")
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_uses(i, resource):
+            assert resource == 1
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--par-mode=thread")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*error while tearing down shared fixtures: RuntimeError('teardown went wrong')*",
+            '*raise RuntimeError("teardown went wrong")',
+        ]
+    )
+    assert "pytest_memo" not in result.stdout.str()

@@ -28,9 +28,11 @@ import queue
 import re
 import sys
 import threading
+import traceback
 import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
@@ -253,6 +255,18 @@ class _ThreadAssertions:
             report(lineno, orig, expl)
 
 
+def _user_traceback(error: BaseException) -> str:
+    """The traceback of an error in a fixture's teardown, without pytest's frames or ours."""
+    internal = ("_pytest", "pytest_memo", "pluggy")
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not any(part in internal for part in Path(frame.filename).parts)
+    ]
+    shown = traceback.format_list(frames) + traceback.format_exception_only(type(error), error)
+    return "".join(shown)
+
+
 def warn_of_replaced_protocols(config: pytest.Config) -> None:
     """Thread mode runs pytest's own test protocol (setup, call, teardown): plugins that
     replace it (pytest-rerunfailures, flaky) would silently not apply."""
@@ -395,7 +409,8 @@ class ThreadRunner:
             for problem in errors:
                 message = f"error while tearing down shared fixtures: {problem!r}"
                 if reporter is not None:
-                    reporter.write_line(message, red=True)
+                    reporter.write_sep("_", message, red=True)
+                    reporter.write(_user_traceback(problem))
 
     def _install_capture(self) -> Callable[[], None]:
         capture_manager = self.config.pluginmanager.get_plugin("capturemanager")
