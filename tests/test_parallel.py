@@ -153,15 +153,31 @@ def test_each_warning_is_reported_with_its_test(pytester: pytest.Pytester, mode:
     parallel.stdout.fnmatch_lines(["test_w.py::test_deprecated", "*DeprecationWarning: old api"])
 
 
-def test_junitxml_lists_what_a_serial_run_lists(mixed: pytest.Pytester) -> None:
-    def cases(*args: str) -> tuple[list[str], dict[str, str]]:
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_junitxml_lists_what_a_serial_run_lists(mixed: pytest.Pytester, mode: str) -> None:
+    mixed.makepyfile(
+        test_properties="""
+        def test_properties(record_property, record_testsuite_property):
+            record_property("case", "x")
+            record_testsuite_property("build", "42")
+        """
+    )
+
+    def cases(*args: str) -> tuple[Any, ...]:
         mixed.runpytest_subprocess(*FLAGS, "--junitxml=out.xml", *args)
         suite = ElementTree.parse(mixed.path / "out.xml").getroot()[0]
         names = sorted(case.get("name", "") for case in suite.iter("testcase"))
         counts = {key: suite.get(key, "") for key in ("tests", "failures", "errors", "skipped")}
-        return names, counts
+        properties = sorted(
+            (where.tag, item.get("name"), item.get("value"))
+            for where in [suite, *suite.iter("testcase")]
+            for item in where.findall("properties/property")
+        )
+        return names, counts, properties
 
-    assert cases("--par=2") == cases()
+    serial = cases()
+    assert ("testsuite", "build", "42") in serial[2]
+    assert cases("--par=2", f"--par-mode={mode}") == serial
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from _pytest.junitxml import xml_key
 
 __all__ = ["item_events", "replay", "warning_event"]
 
@@ -56,6 +57,10 @@ def replay(config: pytest.Config, events: Sequence[tuple[Any, ...]]) -> None:
             hook.pytest_runtest_logfinish(nodeid=event[1], location=event[2])
         elif kind == "warning":
             _replay_warning(config, *event[1:])
+        elif kind == "suite property":  # record_testsuite_property, for --junitxml
+            xml = config.stash.get(xml_key, None)
+            if xml is not None:
+                xml.add_global_property(event[1], event[2])
 
 
 def _replay_warning(

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pytest
 from _pytest._io import TerminalWriter
 from _pytest.capture import FDCapture
+from _pytest.junitxml import xml_key
 
 from pytest_memo.parallel.replay import warning_event
 
@@ -151,6 +152,7 @@ def run_worker(
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
         _leave_reporting_to_the_main_process(config, recorder)
+        _record_suite_properties(config, recorder)
         if coverage is not None:
             coverage.record_this_worker()
         _loop(session, commands, results, recorder)
@@ -188,6 +190,18 @@ def _leave_reporting_to_the_main_process(config: pytest.Config, recorder: object
                 implementation.function = _old_style_pass_through
             else:
                 implementation.function = _ignore
+
+
+def _record_suite_properties(config: pytest.Config, recorder: _EventRecorder) -> None:
+    """``record_testsuite_property`` writes to the junitxml report, which only the main
+    process writes: send the properties there with the test's events."""
+    xml = config.stash.get(xml_key, None)
+    if xml is not None:
+
+        def add_global_property(name: str, value: object) -> None:
+            recorder.events.append(("suite property", name, value))
+
+        xml.add_global_property = add_global_property  # type: ignore[method-assign]
 
 
 def _ignore(*arguments: object) -> None:
