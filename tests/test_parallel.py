@@ -1091,3 +1091,18 @@ def test_thread_mode_fails_the_run_on_an_error_in_a_shared_fixture_teardown(
         ]
     )
     assert "pytest_memo" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_warnings_plugin_disabled_shows_no_warnings(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(
+        test_warns="""
+        import warnings
+
+        def test_warns():
+            warnings.warn("hello", UserWarning)
+        """
+    )
+    args = (*FLAGS, "-p", "no:warnings", "--par=2", f"--par-mode={mode}")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.parseoutcomes() == {"passed": 1}

@@ -157,6 +157,9 @@ class _ThreadWarnings:
     def installed(self) -> Generator[None, None, None]:
         """The run's configured filters, as pytest applies them around each test, and a
         ``showwarning`` that files warnings under the current thread's test."""
+        if not self.config.pluginmanager.has_plugin("warnings"):  # -p no:warnings
+            yield
+            return
         with warnings.catch_warnings():
             if not sys.warnoptions:  # as pytest does: deprecations are shown in tests
                 warnings.filterwarnings("always", category=DeprecationWarning)
