@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pytest_memo.errors import CorruptFileError
-from pytest_memo.hashing import UnhashableError, global_names, hash
+from pytest_memo.hashing import UnhashableError, code_objects, global_names, hash
 from pytest_memo.keys import CodeFingerprints, combine, files_digest
 from pytest_memo.marker import MemoOptions, options_of
 from pytest_memo.stats import RunStats
@@ -113,7 +113,7 @@ class FixtureMemo:
     ) -> Generator[None, Any, Any]:
         _refuse_unsupported(fixturedef)
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
-        if "getfixturevalue" in global_names(function.__code__):
+        if "getfixturevalue" in _names(function.__code__):
             _warn(
                 f"fixture {fixturedef.argname!r} calls request.getfixturevalue(): the values "
                 "it gets that way cannot enter its key, so it is computed, not memoized; "
@@ -347,16 +347,24 @@ FIXTURE_ATTRIBUTES = frozenset(
 CELL_INSTRUCTIONS = frozenset({"MAKE_CELL", "LOAD_CLOSURE", "COPY_FREE_VARS"})
 
 
+# The bytecode checks below run for every test a function-scoped fixture serves: each is
+# computed once per fixture code object.
+_names = functools.cache(global_names)
+
+
 def _reads_requesting_test(function: Any) -> bool:
     code = function.__code__
-    names = global_names(code)
-    return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(names) or _request_passed_on(code)
+    return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(_names(code)) or _request_passed_on(code)
 
 
-@functools.cache  # per code object: a function-scoped fixture is keyed for every test
+@functools.cache
 def _request_passed_on(code: types.CodeType) -> bool:
     """Whether the code does anything with ``request`` other than read one of
     :data:`FIXTURE_ATTRIBUTES`: handing it to a helper, which may read the test's node."""
+    return any(_passes_request_on(nested) for nested in code_objects(code))
+
+
+def _passes_request_on(code: types.CodeType) -> bool:
     instructions = list(dis.get_instructions(code))
     for position, instruction in enumerate(instructions):
         argument = instruction.argval
@@ -373,16 +381,14 @@ def _request_passed_on(code: types.CodeType) -> bool:
         )
         if not only_reads_an_attribute:
             return True
-    return any(
-        _request_passed_on(const) for const in code.co_consts if isinstance(const, types.CodeType)
-    )
+    return False
 
 
 def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None:
     """Command-line options and ini values the code names (``request.config.getoption
     ("size")``), with the values they have in this run: they enter the key."""
     code = function.__code__
-    if "config" not in global_names(code):
+    if "config" not in _names(code):
         return None
     read = {}
     for text in sorted(_string_constants(code)):
@@ -400,11 +406,12 @@ def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None
 
 @functools.cache
 def _string_constants(code: types.CodeType) -> frozenset[str]:
-    found = {const for const in code.co_consts if isinstance(const, str)}
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            found |= _string_constants(const)
-    return frozenset(found)
+    return frozenset(
+        const
+        for nested in code_objects(code)
+        for const in nested.co_consts
+        if isinstance(const, str)
+    )
 
 
 def _refuse_absolute_patterns(name: str, patterns: Any, rootdir: Path) -> None:

@@ -15,7 +15,7 @@ import os
 import struct
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
@@ -375,13 +375,17 @@ def _dtype_text(dtype: np.dtype[Any]) -> str:
     return str(dtype.descr) if dtype.fields else dtype.str
 
 
-def global_names(code: types.CodeType) -> list[str]:
-    """Names a code object (and the functions nested in it) looks up as globals or attributes."""
-    names = list(code.co_names)
+def code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    """A code object and the code nested in it (functions, comprehensions, classes)."""
+    yield code
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names.extend(global_names(const))
-    return sorted(set(names))
+            yield from code_objects(const)
+
+
+def global_names(code: types.CodeType) -> list[str]:
+    """Names a code object (and the functions nested in it) looks up as globals or attributes."""
+    return sorted({name for nested in code_objects(code) for name in nested.co_names})
 
 
 def _pandas_handler(hasher: _ContentHasher, obj: Any) -> bool:

@@ -22,7 +22,14 @@ from typing import Any
 
 import xxhash
 
-from pytest_memo.hashing import UnhashableError, code_hash, content_hash, global_names, hash
+from pytest_memo.hashing import (
+    UnhashableError,
+    code_hash,
+    code_objects,
+    content_hash,
+    global_names,
+    hash,
+)
 
 __all__ = ["CodeFingerprints", "combine", "files_digest"]
 
@@ -276,22 +283,20 @@ def _owner_class(func: types.FunctionType) -> type | None:
 def _imported_modules(code: types.CodeType, package: str | None) -> list[str]:
     """Absolute names of the modules a code object (and the code nested in it) imports."""
     found = []
-    instructions = list(dis.get_instructions(code))
-    for position, instruction in enumerate(instructions):
-        if instruction.opname != "IMPORT_NAME":
-            continue
-        level_load = instructions[position - 2] if position >= 2 else None
-        level = level_load.argval if level_load and level_load.opname == "LOAD_CONST" else 0
-        name = str(instruction.argval)
-        if isinstance(level, int) and level > 0:
-            try:
-                name = importlib.util.resolve_name("." * level + name, package)
-            except (ImportError, ValueError):
+    for nested in code_objects(code):
+        instructions = list(dis.get_instructions(nested))
+        for position, instruction in enumerate(instructions):
+            if instruction.opname != "IMPORT_NAME":
                 continue
-        found.append(name)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            found.extend(_imported_modules(const, package))
+            level_load = instructions[position - 2] if position >= 2 else None
+            level = level_load.argval if level_load and level_load.opname == "LOAD_CONST" else 0
+            name = str(instruction.argval)
+            if isinstance(level, int) and level > 0:
+                try:
+                    name = importlib.util.resolve_name("." * level + name, package)
+                except (ImportError, ValueError):
+                    continue
+            found.append(name)
     return found
 
 

@@ -354,9 +354,8 @@ class Controller:
         elif kind == protocol.STOPPED:
             # As serial pytest does: the test is not reported, the run stops (tests
             # running on other workers finish), and the main process raises the same.
-            _, index, self.stopped_by = message
-            worker.assigned.popleft()
-            worker.assigned.clear()
+            self.stopped_by = message[2]
+            worker.assigned.clear()  # the stopping test, and those it would have run next
             self._stop_all()
         elif kind == protocol.BYE:
             worker.said_bye = True
