@@ -303,6 +303,19 @@ def test_depends_pattern_matching_nothing_warns(suite: MemoSuite) -> None:
 
 # -- project helpers ----------------------------------------------------------------
 
+
+def assert_the_edit_invalidates(suite: MemoSuite, path: str, edit: tuple[str, str]) -> None:
+    """The suite's fixture ``data`` hits on a second run, and is computed again, with a new
+    value, once ``edit`` is made to the file at ``path``."""
+    suite.run().assert_outcomes(passed=1)
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data"]
+    suite.replace(path, *edit)
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]
+    assert suite.seen()[-1] != suite.seen()[0]
+
+
 HELPERS = """
 SCALE = 10
 
@@ -353,13 +366,7 @@ def test_editing_a_project_helper_the_fixture_calls_invalidates(
     suite.write("helpers.py", HELPERS)
     suite.write("conftest.py", calling(caller))
     suite.write("test_it.py", TEST_SEEN)
-    suite.run().assert_outcomes(passed=1)
-    suite.run().assert_outcomes(passed=1)
-    assert suite.calls() == ["data"]
-    suite.replace("helpers.py", *edit)
-    suite.run().assert_outcomes(passed=1)
-    assert suite.calls() == ["data", "data"]
-    assert suite.seen()[-1] != suite.seen()[0]
+    assert_the_edit_invalidates(suite, "helpers.py", edit)
 
 
 def test_editing_an_unrelated_helper_does_not_invalidate(suite: MemoSuite) -> None:
@@ -426,13 +433,7 @@ def test_editing_a_helper_reached_indirectly_invalidates(
         f"def data():\n{inner_import}    record('data')\n    return {call}\n",
     )
     suite.write("test_it.py", TEST_SEEN)
-    suite.run().assert_outcomes(passed=1)
-    suite.run().assert_outcomes(passed=1)
-    assert suite.calls() == ["data"]
-    suite.replace(helper_path, *edit)
-    suite.run().assert_outcomes(passed=1)
-    assert suite.calls() == ["data", "data"]
-    assert suite.seen()[-1] != suite.seen()[0]
+    assert_the_edit_invalidates(suite, helper_path, edit)
 
 
 def test_functions_that_call_each_other_invalidate_every_fixture_using_them(
@@ -706,13 +707,7 @@ def test_editing_project_code_held_in_data_invalidates(
     suite.write("code_in_data.py", CODE_IN_DATA)
     suite.write("conftest.py", conftest)
     suite.write("test_it.py", TEST_SEEN)
-    suite.run().assert_outcomes(passed=1)
-    suite.run().assert_outcomes(passed=1)
-    assert suite.calls() == ["data"]
-    suite.replace("code_in_data.py", *edit)
-    suite.run().assert_outcomes(passed=1)
-    assert suite.calls() == ["data", "data"]
-    assert suite.seen()[-1] != suite.seen()[0]
+    assert_the_edit_invalidates(suite, "code_in_data.py", edit)
 
 
 def test_a_class_attribute_a_fixture_method_reads_enters_the_key(suite: MemoSuite) -> None:
