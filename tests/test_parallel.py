@@ -180,6 +180,62 @@ def test_junitxml_lists_what_a_serial_run_lists(mixed: pytest.Pytester, mode: st
     assert cases("--par=2", f"--par-mode={mode}") == serial
 
 
+DOCTESTS = '''
+import time
+
+def slow(value):  # so that the examples of the tests overlap
+    time.sleep(0.2)
+    return value
+
+def add(a, b):
+    """
+    >>> add(1, 1)
+    3
+    """
+    return slow(a + b)
+
+def double(a):
+    """
+    >>> double(2)
+    4
+    >>> double("x")
+    'x'
+    >>> double(3)
+    6
+    """
+    return slow(a * 2)
+
+def triple(a):
+    """
+    >>> triple(1)
+    3
+    """
+    return slow(a * 3)
+'''
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_doctest_failures_read_as_in_a_serial_run(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(arithmetic=DOCTESTS)
+
+    def failures(*args: str) -> tuple[list[str], pytest.RunResult]:
+        result = pytester.runpytest_subprocess(*FLAGS, "--doctest-modules", "-rf", *args)
+        result.assert_outcomes(passed=1, failed=2)
+        return sorted(line for line in result.outlines if line.startswith("FAILED")), result
+
+    serial, _ = failures()
+    assert serial == [
+        "FAILED arithmetic.py::arithmetic.add",
+        "FAILED arithmetic.py::arithmetic.double",
+    ]
+    summary, result = failures("--par=2", f"--par-mode={mode}")
+    assert summary == serial  # no stray message after the test id ("- 002 ...")
+    # Each example's own output, not another test's ("Got nothing" when two ran at once).
+    result.stdout.fnmatch_lines_random(
+        ["*>>> add(1, 1)", "Expected:", "    'x'", "Got:", "    'xx'"]
+    )
+
+
 @pytest.mark.parametrize(
     "options",
     [("--par-mode=process",), ("--par-mode=thread",), ("--par-mode=process", "--capture=sys")],

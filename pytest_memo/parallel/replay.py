@@ -1,8 +1,10 @@
 """Replaying, in the main process, what a test run elsewhere told its reporters.
 
 Events are tuples: ``("logstart", nodeid, location)``, ``("logreport", report)`` where
-the report is a TestReport or its serialized form, ``("logfinish", nodeid, location)``
-and ``("warning", message, category, filename, lineno, when, nodeid, location)``.
+the report is a TestReport, or ``("logreport", data, became_text)`` with its serialized
+form (``became_text``: its representation was turned into text in transit),
+``("logfinish", nodeid, location)`` and
+``("warning", message, category, filename, lineno, when, nodeid, location)``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,28 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from _pytest._code.code import TerminalRepr
+from _pytest._io import TerminalWriter
 from _pytest.junitxml import xml_key
 
-__all__ = ["item_events", "replay", "warning_event"]
+__all__ = ["TextRepresentation", "item_events", "replay", "warning_event"]
+
+
+class TextRepresentation(TerminalRepr):
+    """A failure's representation that travelled as text and, like the doctest or plugin
+    representation it came from, has no one-line crash message: pytest's short summary
+    shows a plain string's text as the message (``FAILED mod.py::f - 002 ...``), serial
+    pytest shows none for these."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toterminal(self, writer: TerminalWriter) -> None:
+        for line in self.text.splitlines():
+            writer.line(line)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def item_events(item: pytest.Item, reports: Sequence[pytest.TestReport]) -> list[tuple[Any, ...]]:
@@ -52,6 +73,8 @@ def replay(config: pytest.Config, events: Sequence[tuple[Any, ...]]) -> None:
             report = event[1]
             if isinstance(report, dict):
                 report = hook.pytest_report_from_serializable(config=config, data=report)
+                if event[2]:
+                    report.longrepr = TextRepresentation(report.longrepr)
             hook.pytest_runtest_logreport(report=report)
         elif kind == "logfinish":
             hook.pytest_runtest_logfinish(nodeid=event[1], location=event[2])

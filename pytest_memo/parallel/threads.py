@@ -14,7 +14,7 @@ pytest is not thread-safe, so this mode makes a few rules, documented in docs/pa
   apply to every thread, and a test's ``filterwarnings`` marks can only drop warnings
   afterwards ("ignore"); their other actions, "error" among them, do not apply.
 - Tests marked ``@pytest.mark.serial`` (or listed in the ``par_serial`` ini option) run
-  alone, while no other test runs.
+  alone, while no other test runs; so do doctests, whose runner swaps ``sys.stdout``.
 - Reports are replayed by the main thread, so reporters never run concurrently.
 """
 
@@ -39,6 +39,7 @@ import pytest
 from _pytest.assertion import util as assertion_util
 from _pytest.capture import MultiCapture
 from _pytest.config import apply_warning_filters, parse_warning_filter
+from _pytest.doctest import DoctestItem
 from _pytest.runner import SetupState, call_and_report
 
 from pytest_memo.parallel.replay import item_events, replay, warning_event
@@ -465,7 +466,9 @@ class ThreadRunner:
             self.results.put(_DONE)
 
     def _is_serial(self, item: pytest.Item) -> bool:
-        if item.get_closest_marker("serial") is not None:
+        # A doctest's runner replaces the process-wide sys.stdout to read what the example
+        # prints: two at once would read each other's output.
+        if item.get_closest_marker("serial") is not None or isinstance(item, DoctestItem):
             return True
         return any(fnmatch.fnmatch(item.nodeid, pattern) for pattern in self.serial_patterns)
 

@@ -77,7 +77,12 @@ class _EventRecorder:
         if self.recording:
             hook = self.config.hook
             data = hook.pytest_report_to_serializable(config=self.config, report=report)
-            self.events.append(("logreport", data))
+            # A representation with no one-line crash message (a doctest's, some plugins')
+            # travels as text; the flag keeps the short summary from showing it as one.
+            became_text = isinstance(data.get("longrepr"), str) and not isinstance(
+                report.longrepr, str
+            )
+            self.events.append(("logreport", data, became_text))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
