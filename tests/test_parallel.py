@@ -723,6 +723,59 @@ def test_thread_mode_rules(pytester: pytest.Pytester) -> None:
     )
 
 
+def test_thread_mode_runs_tests_that_change_process_state_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_state="""
+        import logging, os, time, warnings, pytest
+
+        @pytest.fixture
+        def home(monkeypatch):  # monkeypatch reached through another fixture
+            monkeypatch.setenv("HOME_FOR_TEST", "x")
+            return "x"
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_capsys(capsys, i):
+            print(f"hello {i}")
+            time.sleep(0.1)
+            assert capsys.readouterr().out == f"hello {i}\\n"
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_capfd(capfd, i):
+            os.write(1, f"fd {i}\\n".encode())
+            time.sleep(0.1)  # the main thread's progress output must not land here
+            assert capfd.readouterr().out == f"fd {i}\\n"
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_caplog(caplog, i):
+            logging.getLogger("mine").warning("record %s", i)
+            time.sleep(0.1)
+            assert [r.getMessage() for r in caplog.records] == [f"record {i}"]
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_recwarn(recwarn, i):
+            warnings.warn(f"warning {i}")
+            time.sleep(0.1)
+            assert [str(w.message) for w in recwarn] == [f"warning {i}"]
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_monkeypatch(monkeypatch, i):
+            monkeypatch.setenv("VALUE_FOR_TEST", str(i))
+            time.sleep(0.1)
+            assert os.environ["VALUE_FOR_TEST"] == str(i)
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_indirect(home, i):
+            time.sleep(0.1)
+            assert os.environ["HOME_FOR_TEST"] == home
+            os.environ["HOME_FOR_TEST"] = "changed"  # undone by monkeypatch's teardown
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=4", "--par-mode=thread", "-v")
+    result.assert_outcomes(passed=18)
+
+
 FIXTURE_SCOPES = {
     "conftest": """
     import pytest

@@ -14,7 +14,8 @@ pytest is not thread-safe, so this mode makes a few rules, documented in docs/pa
   apply to every thread, and a test's ``filterwarnings`` marks can only drop warnings
   afterwards ("ignore"); their other actions, "error" among them, do not apply.
 - Tests marked ``@pytest.mark.serial`` (or listed in the ``par_serial`` ini option) run
-  alone, while no other test runs; so do doctests, whose runner swaps ``sys.stdout``.
+  alone, while no other test runs; so do doctests and tests that use pytest's fixtures
+  that change process-wide state (capsys, capfd, caplog, recwarn, monkeypatch).
 - Reports are replayed by the main thread, so reporters never run concurrently.
 """
 
@@ -48,6 +49,32 @@ from pytest_memo.parallel.thread_fixtures import fixtures_per_context
 __all__ = ["ThreadRunner", "warn_of_replaced_protocols"]
 
 _DONE = object()
+
+
+# pytest's fixtures that change what every thread shares: sys.stdout and file descriptors
+# 1 and 2 (the capture fixtures, one at a time per process), the root logger's handlers,
+# the warnings filters, and whatever monkeypatch patches (modules, os.environ, the cwd).
+PROCESS_STATE_FIXTURES = frozenset(
+    {
+        "capsys",
+        "capsysbinary",
+        "capfd",
+        "capfdbinary",
+        "capteesys",
+        "caplog",
+        "recwarn",
+        "monkeypatch",
+    }
+)
+
+
+def _changes_process_state(item: pytest.Item) -> bool:
+    """Whether ``item`` must run alone: it uses one of ``PROCESS_STATE_FIXTURES``, itself or
+    through its fixtures, or is a doctest (its runner swaps the process-wide sys.stdout to
+    read what an example prints, and pytest shares one runner per module)."""
+    if isinstance(item, DoctestItem):
+        return True
+    return not PROCESS_STATE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
 
 
 class _ParentsOnly:
@@ -312,7 +339,7 @@ def _ignored_by_marks(
 
 
 class _Gate:
-    """Many ordinary tests at once, or one serial test alone."""
+    """Many ordinary tests (and the reporting main thread) at once, or one serial test alone."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
@@ -392,7 +419,13 @@ class ThreadRunner:
             if message is _DONE:
                 running -= 1
                 continue
-            replay(self.config, message)
+            # Not while a test runs alone: one with capfd would capture the progress
+            # written to the terminal's file descriptor.
+            self.gate.enter(alone=False)
+            try:
+                replay(self.config, message)
+            finally:
+                self.gate.leave(alone=False)
             if self.session.shouldfail or self.session.shouldstop:
                 self.stop.set()
 
@@ -466,9 +499,7 @@ class ThreadRunner:
             self.results.put(_DONE)
 
     def _is_serial(self, item: pytest.Item) -> bool:
-        # A doctest's runner replaces the process-wide sys.stdout to read what the example
-        # prints: two at once would read each other's output.
-        if item.get_closest_marker("serial") is not None or isinstance(item, DoctestItem):
+        if item.get_closest_marker("serial") is not None or _changes_process_state(item):
             return True
         return any(fnmatch.fnmatch(item.nodeid, pattern) for pattern in self.serial_patterns)
 
