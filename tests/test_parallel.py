@@ -770,10 +770,14 @@ def test_thread_mode_runs_tests_that_change_process_state_alone(
             time.sleep(0.1)
             assert os.environ["HOME_FOR_TEST"] == home
             os.environ["HOME_FOR_TEST"] = "changed"  # undone by monkeypatch's teardown
+
+        def test_ordinary():
+            pass
         """
     )
     result = pytester.runpytest_subprocess(*FLAGS, "--par=4", "--par-mode=thread", "-v")
-    result.assert_outcomes(passed=18)
+    result.assert_outcomes(passed=19)
+    result.stdout.fnmatch_lines(["par: 18 of 19 tests ran alone in thread mode: doctests, or*"])
 
 
 FIXTURE_SCOPES = {

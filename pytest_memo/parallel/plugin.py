@@ -239,6 +239,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         from pytest_memo.parallel.threads import ThreadRunner
 
         runner = ThreadRunner(session, workers, order)
+        config.stash[RAN_ALONE] = (runner.alone_for_process_state, len(order))
         runner.run()
     else:
         from pytest_memo.parallel.controller import Controller
@@ -264,6 +265,19 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     if session.shouldstop:
         raise session.Interrupted(session.shouldstop)
     return True
+
+
+RAN_ALONE = pytest.StashKey[tuple[int, int]]()  # thread mode: (run alone, all tests)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    alone, total = config.stash.get(RAN_ALONE, (0, 0))
+    if alone:
+        terminalreporter.write_line(
+            f"par: {alone} of {total} tests ran alone in thread mode: doctests, or tests "
+            "using capsys, capfd, caplog, recwarn or monkeypatch, which change what all "
+            "threads share (process mode runs them in parallel)"
+        )
 
 
 TEMPORARY_DIRECTORY_FIXTURES = frozenset(

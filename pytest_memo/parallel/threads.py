@@ -379,6 +379,10 @@ class ThreadRunner:
         self.warnings = _ThreadWarnings(self.config)
         self.assertions = _ThreadAssertions(self.config)
         self.stopped_by: BaseException | None = None  # what a worker thread raised
+        # Tests that run alone though not marked serial: the run's summary says how many.
+        self.alone_for_process_state = sum(
+            _changes_process_state(session.items[index]) for index in order
+        )
 
     def run(self) -> None:
         deferred: list[Callable[[], object]] = []
