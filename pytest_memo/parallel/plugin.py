@@ -239,7 +239,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         from pytest_memo.parallel.threads import ThreadRunner
 
         runner = ThreadRunner(session, workers, order)
-        config.stash[RAN_ALONE] = (runner.alone_for_process_state, len(order))
+        config.stash[RAN_ALONE] = (len(runner.alone_for_process_state), len(order))
         runner.run()
     else:
         from pytest_memo.parallel.controller import Controller

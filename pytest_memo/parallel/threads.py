@@ -380,8 +380,8 @@ class ThreadRunner:
         self.assertions = _ThreadAssertions(self.config)
         self.stopped_by: BaseException | None = None  # what a worker thread raised
         # Tests that run alone though not marked serial: the run's summary says how many.
-        self.alone_for_process_state = sum(
-            _changes_process_state(session.items[index]) for index in order
+        self.alone_for_process_state = frozenset(
+            index for index in order if _changes_process_state(session.items[index])
         )
 
     def run(self) -> None:
@@ -486,7 +486,7 @@ class ThreadRunner:
                         return
                     index = self.pending.popleft()
                 item = self.session.items[index]
-                alone = self._is_serial(item)
+                alone = self._is_serial(index)
                 self.gate.enter(alone)
                 try:
                     with self.warnings.attributed_to(item) as warned:
@@ -502,8 +502,9 @@ class ThreadRunner:
         finally:
             self.results.put(_DONE)
 
-    def _is_serial(self, item: pytest.Item) -> bool:
-        if item.get_closest_marker("serial") is not None or _changes_process_state(item):
+    def _is_serial(self, index: int) -> bool:
+        item = self.session.items[index]
+        if index in self.alone_for_process_state or item.get_closest_marker("serial") is not None:
             return True
         return any(fnmatch.fnmatch(item.nodeid, pattern) for pattern in self.serial_patterns)
 
