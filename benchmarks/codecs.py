@@ -29,7 +29,7 @@ import blosc2
 import lz4.block
 import numpy as np
 
-from pytest_memo import codecs
+from pytest_memo.core import codecs
 
 CHUNK = 1 << 20
 ITEMS = 12_500_000

@@ -62,7 +62,7 @@ def test_hit(value, i):
 
 def run(directory: Path, *args: str, env: dict[str, str] | None = None) -> float:
     # Only the plugins under test, so that other installed plugins' start-up is not measured.
-    plugins = ["-p", "pytest_memo.plugin", "-p", "xdist.plugin"]
+    plugins = ["-p", "pytest_memo.memoize.plugin", "-p", "xdist.plugin"]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, *args]
     started = time.perf_counter()
     result = subprocess.run(

@@ -52,7 +52,16 @@ import pytest
 def test_trivial(i):
     pass
 """
-PLUGINS = ("-p", "pytest_memo.plugin", "-p", "pytest_memo.parallel.plugin", "-p", "xdist.plugin")
+PLUGINS = (
+    "-p",
+    "pytest_memo.memoize.plugin",
+    "-p",
+    "pytest_memo.parallel.plugin",
+    "-p",
+    "pytest_memo.timing.plugin",
+    "-p",
+    "xdist.plugin",
+)
 
 
 def run(directory: Path, *args: str) -> tuple[float, str]:

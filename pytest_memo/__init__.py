@@ -11,23 +11,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_memo.errors import CorruptFileError
-    from pytest_memo.hashing import UnhashableError, hash
-    from pytest_memo.marker import memo
-    from pytest_memo.memory import cache
-    from pytest_memo.serialize import dump, load
+    from pytest_memo.core.errors import CorruptFileError
+    from pytest_memo.core.hashing import UnhashableError, hash
+    from pytest_memo.core.serialize import dump, load
+    from pytest_memo.memoize.cache import cache
+    from pytest_memo.memoize.marker import memo
 
 __all__ = ["CorruptFileError", "UnhashableError", "cache", "dump", "hash", "load", "memo"]
 __version__ = "0.1.0"
 
 _HOMES = {
-    "CorruptFileError": "errors",
-    "UnhashableError": "hashing",
-    "hash": "hashing",
-    "memo": "marker",
-    "cache": "memory",
-    "dump": "serialize",
-    "load": "serialize",
+    "CorruptFileError": "core.errors",
+    "UnhashableError": "core.hashing",
+    "hash": "core.hashing",
+    "memo": "memoize.marker",
+    "cache": "memoize.cache",
+    "dump": "core.serialize",
+    "load": "core.serialize",
 }
 
 

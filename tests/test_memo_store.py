@@ -18,7 +18,7 @@ import pytest
 import xxhash
 from memo_suite import SPEED_FLAGS, MemoSuite
 
-from pytest_memo.stats import format_size
+from pytest_memo.memoize.stats import format_size
 
 TEST_SEEN = """
 from memo_log import record

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from memo_suite import SPEED_FLAGS, MemoSuite
 
-from pytest_memo.remote import RemoteStore, local_cache, open_filesystem
-from pytest_memo.store import EntryInfo
+from pytest_memo.store.local import EntryInfo
+from pytest_memo.store.remote import RemoteStore, local_cache, open_filesystem
 
 HAVE_S3 = all(importlib.util.find_spec(name) for name in ("moto", "s3fs", "boto3", "flask"))
 needs_s3 = pytest.mark.skipif(

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import pytest_memo
-from pytest_memo import CorruptFileError, codecs, dump, load
-from pytest_memo.serialize import FORMAT_VERSION, OUT_OF_BAND_MIN_BYTES
+from pytest_memo import CorruptFileError, dump, load
+from pytest_memo.core import codecs
+from pytest_memo.core.serialize import FORMAT_VERSION, OUT_OF_BAND_MIN_BYTES
 
 COMPRESSIONS = [None, "lz4", "zlib", "gzip", "bz2", "lzma", "xz", ("lz4", 1), ("lz4", 5), True, 3]
 

@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import pytest
 
+from pytest_memo.pytest_compat import set_writer_stream, terminal_writer, writer_stream
+
 __all__ = ["HeldOutput", "held_terminal_output"]
 
 MAX_HOLD_SECONDS = 0.1
@@ -68,15 +70,15 @@ class HeldOutput:
 def held_terminal_output(config: pytest.Config) -> Iterator[HeldOutput | None]:
     """Hold the terminal reporter's output for the block (None: nothing to hold)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    writer = getattr(reporter, "_tw", None)
-    stream = getattr(writer, "_file", None)
+    writer = terminal_writer(reporter)
+    stream = writer_stream(writer)
     if stream is None:  # no terminal reporter, or one whose writer we do not know
         yield None
         return
     held = HeldOutput(stream)
-    writer._file = held  # type: ignore[union-attr]
+    set_writer_stream(writer, held)
     try:
         yield held
     finally:
-        writer._file = stream  # type: ignore[union-attr]
+        set_writer_stream(writer, stream)
         held.release()

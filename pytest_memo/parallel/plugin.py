@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_memo import durations
 from pytest_memo.parallel import schedule, spawn
+from pytest_memo.timing.plugin import recorded_durations
 
 THREAD_LIMIT_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -57,13 +55,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "on one worker, so its fixtures are set up once",
     )
     group.addoption(
-        "--shard",
-        default=None,
-        metavar="I/N",
-        help="run only the I-th of N disjoint parts of the suite, balanced by the durations "
-        "of earlier runs (kept in the memo store), e.g. --shard=2/4 in CI job 2 of 4",
-    )
-    group.addoption(
         "--par-start",
         default="auto",
         choices=("auto", "fork", "spawn"),
@@ -106,62 +97,6 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             os.environ.setdefault(variable, threads)
 
 
-class DurationRecorder:
-    """Adds up each test's setup, call and teardown time; saves it with the memo store.
-
-    It runs where reports are seen: the main process of a serial run, and the main process
-    of --par and pytest-xdist runs, which receive every worker's reports.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.previous = durations.load(directory)
-        self.measured: dict[str, float] = {}
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.measured[report.nodeid] = self.measured.get(report.nodeid, 0.0) + report.duration
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        config = session.config
-        if hasattr(config, "workerinput") or config.getoption("memo_off", False):
-            return  # workers report to the main process; --memo-off touches no store
-        # Every shard of a CI run must compute the same split from the same file, even if
-        # one shard finishes before another starts: sharded runs never change it.
-        shard = config.getoption("shard")
-        name = f"durations-shard-{shard.replace('/', '-of-')}.json" if shard else None
-        with contextlib.suppress(OSError):  # a read-only store: durations are a nicety
-            durations.save(self.directory, self.measured, name)
-
-
-DURATIONS = pytest.StashKey[DurationRecorder]()
-
-
-def _durations_directory(config: pytest.Config) -> Path:
-    """The memo store's directory (its local cache, for a remote store)."""
-    location = str(config.getoption("memo_dir", None) or ".pytest_memo")
-    with contextlib.suppress(ValueError):  # the memo plugin may be disabled
-        location = str(config.getoption("memo_dir", None) or config.getini("memo_dir"))
-    if "://" in location:
-        location = ".pytest_memo"
-    return config.rootpath / Path(location).expanduser() / "v1"
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    text = config.getoption("shard")
-    if not text:
-        return
-    index, count = schedule.parse_shard(text)
-    chosen = schedule.shard(
-        [item.nodeid for item in items], config.stash[DURATIONS].previous, index, count
-    )
-    selected = [item for item in items if item.nodeid in chosen]
-    deselected = [item for item in items if item.nodeid not in chosen]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = selected
-
-
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Here, not when the run starts: warnings of collection time reach the summary.
     if worker_count(session.config) > 1 and _mode(session.config) == "thread":
@@ -172,14 +107,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: in --par thread mode, run this test alone")
-    if config.getoption("shard"):
-        try:
-            schedule.parse_shard(config.getoption("shard"))
-        except ValueError as error:
-            raise pytest.UsageError(str(error)) from None
-    recorder = DurationRecorder(_durations_directory(config))
-    config.stash[DURATIONS] = recorder
-    config.pluginmanager.register(recorder, "pytest_memo.durations")
     workers = worker_count(config)
     if workers <= 1:
         return
@@ -229,7 +156,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     failed_collection = session.testsfailed and not config.option.continue_on_collection_errors
     if workers <= 1 or failed_collection or config.option.collectonly or not session.items:
         return None  # pytest's own loop reports collection errors and runs serially
-    recorded = config.stash[DURATIONS].previous
+    recorded = recorded_durations(config)
     expected = [recorded.get(item.nodeid, 0.0) for item in session.items]
     order = schedule.order(
         session.items, expected, keep_order=_order_is_given(config), workers=workers
@@ -320,7 +247,7 @@ def _order_is_given(config: pytest.Config) -> bool:
 
 
 def _memo_hooks() -> Any:
+    from pytest_memo.memoize.plugin import merge_worker_output, worker_output
     from pytest_memo.parallel.controller import Hooks
-    from pytest_memo.plugin import merge_worker_output, worker_output
 
     return Hooks(worker_finish=worker_output, merge=merge_worker_output)

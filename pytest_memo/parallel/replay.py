@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from _pytest._code.code import TerminalRepr
-from _pytest._io import TerminalWriter
-from _pytest.junitxml import xml_key
+
+from pytest_memo.pytest_compat import TerminalRepr, TerminalWriter, xml_key
 
 __all__ = ["TextRepresentation", "item_events", "replay", "warning_event"]
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from pytest_memo.pytest_compat import all_fixture_definitions
+
 __all__ = ["fixtures_per_context"]
 
 SCOPE_RANK = {"function": 0, "class": 1, "module": 2, "package": 3, "session": 4}
@@ -145,11 +147,7 @@ def fixtures_per_context(session: pytest.Session) -> Generator[None, None, None]
 def _fixture_definitions(session: pytest.Session) -> list[Any]:
     """Every fixture definition the run can use: those the tests ask for (direct
     parametrization included) and those a test may look up by name."""
-    manager: Any = session._fixturemanager
-    if hasattr(manager, "_get_all_fixture_defs"):  # pytest 9
-        registered = list(manager._get_all_fixture_defs())
-    else:  # pytest 8.4
-        registered = [d for defs in manager._arg2fixturedefs.values() for d in defs]
+    registered = all_fixture_definitions(session)
     for item in session.items:
         info = getattr(item, "_fixtureinfo", None)
         if info is not None:

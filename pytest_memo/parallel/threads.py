@@ -37,14 +37,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
-from _pytest.assertion import util as assertion_util
-from _pytest.capture import MultiCapture
-from _pytest.config import apply_warning_filters, parse_warning_filter
-from _pytest.doctest import DoctestItem
-from _pytest.runner import SetupState, call_and_report
 
 from pytest_memo.parallel.replay import item_events, replay, warning_event
 from pytest_memo.parallel.thread_fixtures import fixtures_per_context
+from pytest_memo.pytest_compat import (
+    DoctestItem,
+    MultiCapture,
+    SetupState,
+    apply_warning_filters,
+    assertion_util,
+    call_and_report,
+    parse_warning_filter,
+    set_global_capturing,
+    set_setup_state,
+    setup_state,
+)
 
 __all__ = ["ThreadRunner", "warn_of_replaced_protocols"]
 
@@ -387,9 +394,9 @@ class ThreadRunner:
     def run(self) -> None:
         deferred: list[Callable[[], object]] = []
         deferred_lock = threading.Lock()
-        original_state = self.session._setupstate
+        original_state = setup_state(self.session)
         states = _PerThread(original_state, lambda: _KeepWiderScopes(deferred, deferred_lock))
-        self.session._setupstate = states  # type: ignore[assignment]
+        set_setup_state(self.session, states)
         restore_capture = self._install_capture()
         by_context = fixtures_per_context(self.session)
         by_context.__enter__()
@@ -409,7 +416,7 @@ class ThreadRunner:
             for thread in threads:
                 thread.join()
             restore_capture()
-            self.session._setupstate = original_state
+            set_setup_state(self.session, original_state)
             self._teardown(states.states, deferred)
             by_context.__exit__(None, None, None)
         if self.stopped_by is not None:
@@ -460,7 +467,7 @@ class ThreadRunner:
         # pytest's own capture swaps process-wide streams around each test: give it
         # nothing to capture, and capture per thread instead.
         capture_manager.stop_global_capturing()
-        capture_manager._global_capturing = MultiCapture(in_=None, out=None, err=None)
+        set_global_capturing(capture_manager, MultiCapture(in_=None, out=None, err=None))
         capture = _ThreadCapture()
         self.config.pluginmanager.register(capture, "pytest_memo.parallel.thread_capture")
         streams = sys.stdout, sys.stderr
@@ -470,7 +477,7 @@ class ThreadRunner:
         def restore() -> None:
             sys.stdout, sys.stderr = streams
             self.config.pluginmanager.unregister(capture)
-            capture_manager._global_capturing = None
+            set_global_capturing(capture_manager, None)
             capture_manager.start_global_capturing()
             capture_manager.suspend_global_capture()
 

@@ -17,11 +17,15 @@ from collections.abc import Generator
 from typing import IO, TYPE_CHECKING, Any
 
 import pytest
-from _pytest._io import TerminalWriter
-from _pytest.capture import FDCapture
-from _pytest.junitxml import xml_key
 
 from pytest_memo.parallel.replay import warning_event
+from pytest_memo.pytest_compat import (
+    FDCapture,
+    TerminalWriter,
+    global_capturing,
+    setup_state,
+    xml_key,
+)
 
 if TYPE_CHECKING:
     from pytest_memo.parallel.channel import MessageChannel
@@ -250,7 +254,7 @@ def _own_capture_files(config: pytest.Config, output: CaptureFiles | None) -> No
     Capture to memory (``--capture=sys``) is this process's own already.
     """
     capture = config.pluginmanager.get_plugin("capturemanager")
-    captures = getattr(capture, "_global_capturing", None)
+    captures = global_capturing(capture)
     if output is None or captures is None:
         return
     for name, own in zip(("out", "err"), output, strict=True):
@@ -295,4 +299,4 @@ def _loop(
             break
         results.send((ITEM, index, recorder.take()))
     # After a stop, fixtures of wider scopes may still be set up: finalize them.
-    session._setupstate.teardown_exact(None)
+    setup_state(session).teardown_exact(None)

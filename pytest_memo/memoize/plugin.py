@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from pytest_memo import marker, memory
-from pytest_memo.fixture_memo import FixtureMemo, Settings
-from pytest_memo.stats import listing_table, parse_size
-from pytest_memo.store import Store, secret_from_environment
+from pytest_memo.memoize import cache as memory
+from pytest_memo.memoize import marker
+from pytest_memo.memoize.fixture import FixtureMemo, Settings
+from pytest_memo.memoize.stats import listing_table, parse_size
+from pytest_memo.store.local import Store, secret_from_environment
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
@@ -72,7 +73,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _store(config: pytest.Config) -> Store:
     location = config.getoption("memo_dir") or config.getini("memo_dir")
     if "://" in location:  # s3://bucket/prefix, file://..., any fsspec URL
-        from pytest_memo.remote import remote_store  # here: fsspec is optional and slow
+        from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
         return remote_store(config, location)
     return Store(config.rootpath / Path(location).expanduser(), secret=secret_from_environment())
@@ -96,7 +97,8 @@ def _is_worker(config: pytest.Config) -> bool:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.getoption("memo_show"):
         return None
-    from _pytest.main import wrap_session  # configures the terminal, as --cache-show does
+    # wrap_session configures the terminal, as --cache-show does
+    from pytest_memo.pytest_compat import wrap_session
 
     return wrap_session(config, _show)
 

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from pytest_memo.errors import CorruptFileError
-from pytest_memo.files import write_atomically
+from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.files import write_atomically
 
 if TYPE_CHECKING:
     import sqlite3
@@ -135,7 +135,7 @@ class Store:
         Raises CorruptFileError for a damaged entry, and for an entry whose signature is
         missing or wrong when the store has a secret; the caller decides what to do.
         """
-        from pytest_memo.serialize import load  # here: it imports numpy
+        from pytest_memo.core.serialize import load  # here: it imports numpy
 
         path = self.entry_path(key)
         try:
@@ -186,7 +186,7 @@ class Store:
 
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
         """Store ``value`` atomically (and its signature, with a secret); returns its size."""
-        from pytest_memo.serialize import dump  # here: it imports numpy
+        from pytest_memo.core.serialize import dump  # here: it imports numpy
 
         path = self.entry_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 
-from pytest_memo.errors import CorruptFileError
-from pytest_memo.hashing import UnhashableError, code_objects, global_names, hash
-from pytest_memo.keys import CodeFingerprints, combine, files_digest
-from pytest_memo.marker import MemoOptions, options_of
-from pytest_memo.stats import RunStats
-from pytest_memo.store import Entry, EntryInfo, Store
+from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.hashing import UnhashableError, code_objects, global_names, hash
+from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
+from pytest_memo.memoize.marker import MemoOptions, options_of
+from pytest_memo.memoize.stats import RunStats
+from pytest_memo.pytest_compat import active_fixturedef
+from pytest_memo.store.local import Entry, EntryInfo, Store
 
 __all__ = ["FixtureMemo", "MemoWarning"]
 
@@ -275,7 +276,7 @@ class FixtureMemo:
         )
 
     def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
-        dependency = request._get_active_fixturedef(name)
+        dependency = active_fixturedef(request, name)
         key = self._keys.get(dependency)
         if key is not None:
             return ("memo", key)

@@ -131,7 +131,7 @@ class _ContentHasher:
             self._digest.update(view)
             return
         # Large buffers: xxh3 of each piece on every core, then of the pieces' digests.
-        from pytest_memo import codecs
+        from pytest_memo.core import codecs
 
         pieces = [view[low : low + _PIECE] for low in range(0, view.nbytes, _PIECE)]
         digests = codecs.map_ordered(_piece_digest, pieces)

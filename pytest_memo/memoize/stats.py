@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pytest_memo.store import Listing
+from pytest_memo.store.local import Listing
 
 __all__ = ["FixtureStats", "RunStats", "format_size", "parse_size"]
 

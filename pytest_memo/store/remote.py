@@ -1,7 +1,7 @@
 """A store shared through object storage: ``--memo-dir=s3://bucket/prefix`` (or ``gs://``,
 ``az://``, ``file://``, any fsspec URL).
 
-A :class:`RemoteStore` is a local :class:`~pytest_memo.store.Store` — a cache directory
+A :class:`RemoteStore` is a local :class:`~pytest_memo.store.local.Store` — a cache directory
 under the rootdir, ``.pytest_memo/remote/<hash of the URL>/``, which holds the entries
 used on this machine, the index and the locks — backed by a remote copy of the same
 layout::
@@ -38,9 +38,9 @@ from typing import Any
 
 import pytest
 
-from pytest_memo.errors import CorruptFileError
-from pytest_memo.files import temporary_beside
-from pytest_memo.store import (
+from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.files import temporary_beside
+from pytest_memo.store.local import (
     LAYOUT,
     Entry,
     EntryInfo,
@@ -370,7 +370,7 @@ def remote_store(config: pytest.Config, url: str) -> RemoteStore:
 
 
 def _memo_warning(message: str) -> Warning:
-    from pytest_memo.fixture_memo import MemoWarning
+    from pytest_memo.memoize.fixture import MemoWarning
 
     return MemoWarning(f"pytest-memo: {message}")
 

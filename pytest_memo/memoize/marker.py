@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from _pytest.mark.structures import MARK_GEN, Mark, MarkDecorator
+from pytest_memo.pytest_compat import MARK_GEN, Mark, MarkDecorator, is_fixture_definition
 
 __all__ = ["MemoOptions", "memo", "options_of"]
 
@@ -68,19 +68,13 @@ def options_of(function: Any) -> MemoOptions | None:
     return None
 
 
-def _is_fixture(obj: object) -> bool:
-    return type(obj).__name__ == "FixtureFunctionDefinition" or hasattr(
-        obj, "_pytestfixturefunction"
-    )
-
-
 class MemoMarkDecorator(MarkDecorator):
     """What ``pytest.mark.memo`` returns once pytest-memo is loaded."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and not kwargs and (callable(args[0]) or _is_fixture(args[0])):
+        if len(args) == 1 and not kwargs and (callable(args[0]) or is_fixture_definition(args[0])):
             target = args[0]
-            if _is_fixture(target) or inspect.isfunction(target):
+            if is_fixture_definition(target) or inspect.isfunction(target):
                 options = MemoOptions.parse(dict(self.mark.kwargs))
                 _record(target, options)
                 return target

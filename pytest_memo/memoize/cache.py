@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from pytest_memo.errors import CorruptFileError
-from pytest_memo.hashing import hash
-from pytest_memo.keys import CodeFingerprints, combine
-from pytest_memo.store import Entry, EntryInfo, Store, secret_from_environment
+from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.hashing import hash
+from pytest_memo.memoize.keys import CodeFingerprints, combine
+from pytest_memo.store.local import Entry, EntryInfo, Store, secret_from_environment
 
 __all__ = ["cache", "use_store"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import xxhash
 
-from pytest_memo.hashing import (
+from pytest_memo.core.hashing import (
     UnhashableError,
     code_hash,
     code_objects,
@@ -38,7 +38,7 @@ PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 def combine(**parts: Any) -> str:
     """The key for a set of named, already reduced parts (strings, numbers, tuples)."""
-    from pytest_memo.serialize import FORMAT_VERSION  # here: it imports numpy
+    from pytest_memo.core.serialize import FORMAT_VERSION  # here: it imports numpy
 
     return hash({"python": PYTHON, "format": FORMAT_VERSION, **parts})
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from pytest_memo.files import write_atomically
+from pytest_memo.core.files import write_atomically
 
 __all__ = ["load", "save"]
 

@@ -27,10 +27,10 @@ import cloudpickle
 import numpy as np
 import xxhash
 
-from pytest_memo import codecs
-from pytest_memo.codecs import Codec
-from pytest_memo.errors import CorruptFileError
-from pytest_memo.files import temporary_beside
+from pytest_memo.core import codecs
+from pytest_memo.core.codecs import Codec
+from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.files import temporary_beside
 
 __all__ = ["CorruptFileError", "dump", "load"]
 

@@ -1,0 +1,1 @@
+"""The pytest-free library: content hashing, serialization, codecs, atomic files, errors."""

@@ -1,0 +1,1 @@
+"""Test durations of earlier runs, and what uses them outside the runner: ``--shard``."""
