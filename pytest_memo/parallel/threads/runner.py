@@ -39,7 +39,7 @@ from typing import Any, TextIO
 import pytest
 
 from pytest_memo.parallel.replay import item_events, replay, warning_event
-from pytest_memo.parallel.thread_fixtures import fixtures_per_context
+from pytest_memo.parallel.threads.fixtures import fixtures_per_context
 from pytest_memo.pytest_compat import (
     DoctestItem,
     MultiCapture,
