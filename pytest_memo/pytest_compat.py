@@ -7,6 +7,8 @@ difference between versions handled inside.  No other module imports ``_pytest``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -34,11 +36,14 @@ __all__ = [
     "active_fixturedef",
     "all_fixture_definitions",
     "apply_warning_filters",
+    "assertion_hooks",
     "assertion_util",
     "call_and_report",
+    "fixture_values_released",
     "global_capturing",
     "is_fixture_definition",
     "parse_warning_filter",
+    "set_assertion_hooks",
     "set_global_capturing",
     "set_setup_state",
     "set_writer_stream",
@@ -101,3 +106,33 @@ def writer_stream(writer: Any) -> Any:
 
 def set_writer_stream(writer: Any, stream: Any) -> None:
     writer._file = stream
+
+
+# -- Thread mode (pytest_memo.parallel.threads) ----------------------------------------
+
+
+def assertion_hooks() -> tuple[Any, Any]:
+    """The functions rewritten ``assert`` statements call: one explains a failed
+    comparison, the other reports a passed assert (None when no plugin listens)."""
+    return assertion_util._reprcompare, assertion_util._assertion_pass
+
+
+def set_assertion_hooks(reprcompare: Any, assertion_pass: Any, config: Any) -> None:
+    """Point rewritten asserts at these functions; ``config`` is the one they read
+    (None: none, as pytest leaves it after a test)."""
+    assertion_util._reprcompare = reprcompare
+    assertion_util._assertion_pass = assertion_pass
+    assertion_util._config = config
+
+
+@contextlib.contextmanager
+def fixture_values_released(item: pytest.Item) -> Generator[None, None, None]:
+    """Run the block, then let the test's fixture values go, as pytest's protocol does
+    once a test is torn down (an item without a request has none to release)."""
+    has_request = hasattr(item, "_request")
+    try:
+        yield
+    finally:
+        if has_request:
+            item._request = False  # type: ignore[attr-defined]
+            item.funcargs = None  # type: ignore[attr-defined]
