@@ -24,6 +24,7 @@ from _pytest.mark.structures import MARK_GEN, Mark, MarkDecorator
 from _pytest.runner import SetupState, call_and_report
 
 __all__ = [
+    "FIXTURE_FINALIZERS_ATTRIBUTE",
     "MARK_GEN",
     "DoctestItem",
     "FDCapture",
@@ -42,7 +43,9 @@ __all__ = [
     "fixture_values_released",
     "global_capturing",
     "is_fixture_definition",
+    "item_fixture_definitions",
     "parse_warning_filter",
+    "requesting_item",
     "set_assertion_hooks",
     "set_global_capturing",
     "set_setup_state",
@@ -136,3 +139,19 @@ def fixture_values_released(item: pytest.Item) -> Generator[None, None, None]:
         if has_request:
             item._request = False  # type: ignore[attr-defined]
             item.funcargs = None  # type: ignore[attr-defined]
+
+
+def requesting_item(request: Any) -> Any:
+    """The test a fixture request serves, or None (a request of a wider scope's own)."""
+    return getattr(request, "_pyfuncitem", None)
+
+
+def item_fixture_definitions(item: Any) -> dict[str, Any]:
+    """The fixture definitions ``item`` may use, by name ({} for an item without them)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return dict(info.name2fixturedefs) if info is not None else {}
+
+
+# The attribute by which pytest's FixtureDef keeps its finalizers (thread mode keeps them
+# per context, under this name).
+FIXTURE_FINALIZERS_ATTRIBUTE = "_finalizers"
