@@ -7,6 +7,8 @@ difference between versions handled inside.  No other module imports ``_pytest``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from _pytest.mark.structures import MARK_GEN, Mark, MarkDecorator
 from _pytest.runner import SetupState, call_and_report
 
 __all__ = [
+    "FIXTURE_FINALIZERS_ATTRIBUTE",
     "MARK_GEN",
     "DoctestItem",
     "FDCapture",
@@ -34,11 +37,16 @@ __all__ = [
     "active_fixturedef",
     "all_fixture_definitions",
     "apply_warning_filters",
+    "assertion_hooks",
     "assertion_util",
     "call_and_report",
+    "fixture_values_released",
     "global_capturing",
     "is_fixture_definition",
+    "item_fixture_definitions",
     "parse_warning_filter",
+    "requesting_item",
+    "set_assertion_hooks",
     "set_global_capturing",
     "set_setup_state",
     "set_writer_stream",
@@ -101,3 +109,49 @@ def writer_stream(writer: Any) -> Any:
 
 def set_writer_stream(writer: Any, stream: Any) -> None:
     writer._file = stream
+
+
+# -- Thread mode (pytest_memo.parallel.threads) ----------------------------------------
+
+
+def assertion_hooks() -> tuple[Any, Any]:
+    """The functions rewritten ``assert`` statements call: one explains a failed
+    comparison, the other reports a passed assert (None when no plugin listens)."""
+    return assertion_util._reprcompare, assertion_util._assertion_pass
+
+
+def set_assertion_hooks(reprcompare: Any, assertion_pass: Any, config: Any) -> None:
+    """Point rewritten asserts at these functions; ``config`` is the one they read
+    (None: none, as pytest leaves it after a test)."""
+    assertion_util._reprcompare = reprcompare
+    assertion_util._assertion_pass = assertion_pass
+    assertion_util._config = config
+
+
+@contextlib.contextmanager
+def fixture_values_released(item: pytest.Item) -> Generator[None, None, None]:
+    """Run the block, then let the test's fixture values go, as pytest's protocol does
+    once a test is torn down (an item without a request has none to release)."""
+    has_request = hasattr(item, "_request")
+    try:
+        yield
+    finally:
+        if has_request:
+            item._request = False  # type: ignore[attr-defined]
+            item.funcargs = None  # type: ignore[attr-defined]
+
+
+def requesting_item(request: Any) -> Any:
+    """The test a fixture request serves, or None (a request of a wider scope's own)."""
+    return getattr(request, "_pyfuncitem", None)
+
+
+def item_fixture_definitions(item: Any) -> dict[str, Any]:
+    """The fixture definitions ``item`` may use, by name ({} for an item without them)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return dict(info.name2fixturedefs) if info is not None else {}
+
+
+# The attribute by which pytest's FixtureDef keeps its finalizers (thread mode keeps them
+# per context, under this name).
+FIXTURE_FINALIZERS_ATTRIBUTE = "_finalizers"

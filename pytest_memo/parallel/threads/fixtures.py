@@ -27,7 +27,12 @@ from typing import Any
 
 import pytest
 
-from pytest_memo.pytest_compat import all_fixture_definitions
+from pytest_memo.pytest_compat import (
+    FIXTURE_FINALIZERS_ATTRIBUTE,
+    all_fixture_definitions,
+    item_fixture_definitions,
+    requesting_item,
+)
 
 __all__ = ["fixtures_per_context"]
 
@@ -95,7 +100,7 @@ def _by_context(original: type) -> type:
 
     namespace = {
         "cached_result": property(_get_result, _set_result),
-        "_finalizers": property(_get_finalizers),
+        FIXTURE_FINALIZERS_ATTRIBUTE: property(_get_finalizers),
         "execute": execute,
         "finish": finish,
     }
@@ -105,12 +110,12 @@ def _by_context(original: type) -> type:
 def _context(definition: Any, request: Any) -> Hashable:
     """The scope's node for the requesting test, and the test's parameters of that scope
     or wider (parameter indices: values may not be hashable)."""
-    item = getattr(request, "_pyfuncitem", None)
+    item = requesting_item(request)
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return (request.node, ())
     rank = SCOPE_RANK.get(definition.scope, 0)
-    known = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    known = item_fixture_definitions(item)
     parameters = []
     for name, index in sorted(callspec.indices.items()):
         definitions = known.get(name)
@@ -149,7 +154,6 @@ def _fixture_definitions(session: pytest.Session) -> list[Any]:
     parametrization included) and those a test may look up by name."""
     registered = all_fixture_definitions(session)
     for item in session.items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is not None:
-            registered.extend(d for defs in info.name2fixturedefs.values() for d in defs)
+        for definitions in item_fixture_definitions(item).values():
+            registered.extend(definitions)
     return list({id(definition): definition for definition in registered}.values())
