@@ -39,7 +39,7 @@ class MemoOptions:
                 f"{where} got unknown option(s) {', '.join(sorted(unknown))}; "
                 "valid options are version, ignore, depends, compress and mmap"
             )
-        from pytest_memo import codecs  # here: it imports numpy and blosc
+        from pytest_memo.core import codecs  # here: it imports numpy and blosc
 
         codecs.parse_compress(kwargs.get("compress"))  # fail now, not at the first store
         return cls(
