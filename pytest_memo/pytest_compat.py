@@ -101,3 +101,27 @@ def writer_stream(writer: Any) -> Any:
 
 def set_writer_stream(writer: Any, stream: Any) -> None:
     writer._file = stream
+
+
+# -- pytest's built-in fixtures -----------------------------------------------------------
+# Not private API, but facts about pytest that change with its releases: kept here too.
+
+# Built-in fixtures whose values are different on every run or are live handles.
+PYTEST_PER_RUN_FIXTURES = (
+    "tmp_path",
+    "tmpdir",
+    "tmp_path_factory",
+    "tmpdir_factory",
+    "monkeypatch",
+    "capsys",
+    "capsysbinary",
+    "capfd",
+    "capfdbinary",
+    "caplog",
+    "recwarn",
+    "pytestconfig",
+    "record_property",
+    "record_testsuite_property",
+    "record_xml_attribute",
+    "cache",
+)

@@ -21,42 +21,15 @@ from typing import Any
 
 import pytest
 
-from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.core.hashing import UnhashableError, code_objects, global_names, hash
 from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
 from pytest_memo.memoize.stats import RunStats
-from pytest_memo.pytest_compat import active_fixturedef
+from pytest_memo.pytest_compat import PYTEST_PER_RUN_FIXTURES, active_fixturedef
 from pytest_memo.store.local import Entry, EntryInfo, Store
 
 __all__ = ["FixtureMemo", "MemoWarning"]
-
-# Built-in fixtures whose values are different on every run or are live handles:
-# as a dependency they would make every lookup a miss.
-PER_RUN_FIXTURES = frozenset(
-    {
-        "tmp_path",
-        "tmpdir",
-        "tmp_path_factory",
-        "tmpdir_factory",
-        "monkeypatch",
-        "capsys",
-        "capsysbinary",
-        "capfd",
-        "capfdbinary",
-        "caplog",
-        "recwarn",
-        "pytestconfig",
-        "record_property",
-        "record_testsuite_property",
-        "record_xml_attribute",
-        "cache",
-    }
-)
-
-
-class MemoWarning(UserWarning):
-    """Something went wrong with the store; the tests go on with computed values."""
 
 
 @dataclass
@@ -284,7 +257,7 @@ class FixtureMemo:
             f"add ignore=[{name!r}] to its memo mark if the value does not depend on it, "
             "or memoize a fixture that does not use it"
         )
-        if name in PER_RUN_FIXTURES:
+        if name in PYTEST_PER_RUN_FIXTURES:
             pytest.fail(
                 f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, which is "
                 f"different on every run, so it could never be loaded from the store: {hint}",

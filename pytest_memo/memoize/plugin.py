@@ -16,6 +16,7 @@ from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
 from pytest_memo.store.local import Store, secret_from_environment
+from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
@@ -59,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="after the run, evict least recently used values beyond SIZE (e.g. 2GB)",
     )
     parser.addini(
-        "memo_dir", "the store directory, relative to the rootdir", default=".pytest_memo"
+        "memo_dir", "the store directory, relative to the rootdir", default=DEFAULT_DIRECTORY
     )
     parser.addini(
         "memo_storage_options",
@@ -72,11 +73,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _store(config: pytest.Config) -> Store:
     location = config.getoption("memo_dir") or config.getini("memo_dir")
-    if "://" in location:  # s3://bucket/prefix, file://..., any fsspec URL
+    if is_url(location):  # s3://bucket/prefix, file://..., any fsspec URL
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
         return remote_store(config, location)
-    return Store(config.rootpath / Path(location).expanduser(), secret=secret_from_environment())
+    return Store(local_directory(config.rootpath, location), secret=secret_from_environment())
 
 
 def _max_size(config: pytest.Config) -> int | None:
