@@ -138,7 +138,7 @@ def pytest_configure(config: pytest.Config) -> None:
             by_name=frozenset(config.getini("memo_fixtures")),
         )
     )
-    memory.use_store(store, config.rootpath, off=store is None)
+    memory.use_store(config.stash[MEMO].engine, config.rootpath)
     if getattr(config, "workerinput", {}).get("pytest_memo_unusable"):
         config.stash[MEMO].store_unusable()  # the main process has warned about it
     if store is not None and not _is_worker(config):
@@ -195,7 +195,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.store is None:
         return
-    memo.stats.used_keys.update(memory.used_keys)
     try:
         memo.store.flush()
         if _is_worker(config):
@@ -306,7 +305,6 @@ def worker_output(config: pytest.Config) -> dict[str, Any] | None:
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.store is None:
         return None
-    memo.stats.used_keys.update(memory.used_keys)
     with contextlib.suppress(OSError):  # the counts still reach the summary
         memo.store.flush()
     return memo.stats.as_dict()
