@@ -8,10 +8,7 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 
 from __future__ import annotations
 
-import dis
-import functools
 import inspect
-import types
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from pytest_memo.core.hashing import UnhashableError, code_objects, global_names, hash
+from pytest_memo.core.hashing import UnhashableError, hash
+from pytest_memo.core.inspection import names, reads_requesting_test, setting_names
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
 from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
@@ -75,7 +73,7 @@ class FixtureMemo:
     ) -> Generator[None, Any, Any]:
         _refuse_unsupported(fixturedef)
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
-        if "getfixturevalue" in _names(function.__code__):
+        if "getfixturevalue" in names(function.__code__):
             warn(
                 f"fixture {fixturedef.argname!r} calls request.getfixturevalue(): the values "
                 "it gets that way cannot enter its key, so it is computed, not memoized; "
@@ -109,7 +107,7 @@ class FixtureMemo:
         # The source file (relative to the rootdir) tells apart same-named conftest modules.
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
         param = self._param(fixturedef, request)
-        if "request" in fixturedef.argnames and _reads_requesting_test(function):
+        if "request" in fixturedef.argnames and reads_requesting_test(function.__code__):
             # request.node, request.function, ... or request handed to other code: the
             # value may depend on the requesting test.
             param = hash((param, request.node.nodeid))
@@ -200,77 +198,14 @@ def _serve(fixturedef: Any, value: Any) -> Generator[None, Any, Any]:
         fixturedef.func = original
 
 
-# Attributes of ``request`` that describe the requesting test rather than the fixture.
-REQUESTING_TEST_ATTRIBUTES = frozenset(
-    {
-        "node",
-        "function",
-        "cls",
-        "instance",
-        "module",
-        "path",
-        "fspath",
-        "keywords",
-        "getfixturevalue",
-        "applymarker",
-        "_pyfuncitem",
-    }
-)
-
-
-# Attributes of ``request`` that do not depend on the requesting test.
-FIXTURE_ATTRIBUTES = frozenset(
-    {"param", "param_index", "config", "fixturename", "scope", "addfinalizer"}
-)
-# Instructions that only prepare a variable for a nested function (checked on its own).
-CELL_INSTRUCTIONS = frozenset({"MAKE_CELL", "LOAD_CLOSURE", "COPY_FREE_VARS"})
-
-
-# The bytecode checks below run for every test a function-scoped fixture serves: each is
-# computed once per fixture code object.
-_names = functools.cache(global_names)
-
-
-def _reads_requesting_test(function: Any) -> bool:
-    code = function.__code__
-    return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(_names(code)) or _request_passed_on(code)
-
-
-@functools.cache
-def _request_passed_on(code: types.CodeType) -> bool:
-    """Whether the code does anything with ``request`` other than read one of
-    :data:`FIXTURE_ATTRIBUTES`: handing it to a helper, which may read the test's node."""
-    return any(_passes_request_on(nested) for nested in code_objects(code))
-
-
-def _passes_request_on(code: types.CodeType) -> bool:
-    instructions = list(dis.get_instructions(code))
-    for position, instruction in enumerate(instructions):
-        argument = instruction.argval
-        mentioned = argument if isinstance(argument, tuple) else (argument,)
-        if "request" not in mentioned or instruction.opname in CELL_INSTRUCTIONS:
-            continue
-        following = instructions[position + 1] if position + 1 < len(instructions) else None
-        only_reads_an_attribute = (
-            instruction.opname.startswith(("LOAD_FAST", "LOAD_DEREF", "STORE_FAST_LOAD_FAST"))
-            and mentioned[-1] == "request"
-            and following is not None
-            and following.opname in ("LOAD_ATTR", "LOAD_METHOD")
-            and following.argval in FIXTURE_ATTRIBUTES
-        )
-        if not only_reads_an_attribute:
-            return True
-    return False
-
-
 def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None:
     """Command-line options and ini values the code names (``request.config.getoption
     ("size")``), with the values they have in this run: they enter the key."""
-    code = function.__code__
-    if "config" not in _names(code):
+    candidates = setting_names(function.__code__)
+    if candidates is None:
         return None
     read = {}
-    for text in sorted(_string_constants(code)):
+    for text in candidates:
         for kind, lookup in (("option", config.getoption), ("ini", config.getini)):
             try:
                 value = lookup(text)
@@ -281,16 +216,6 @@ def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None
             except UnhashableError:
                 read[f"{kind}:{text}"] = repr(value)
     return read
-
-
-@functools.cache
-def _string_constants(code: types.CodeType) -> frozenset[str]:
-    return frozenset(
-        const
-        for nested in code_objects(code)
-        for const in nested.co_consts
-        if isinstance(const, str)
-    )
 
 
 def _refuse_absolute_patterns(name: str, patterns: Any, rootdir: Path) -> None:
