@@ -11,17 +11,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_memo.core.errors import CorruptFileError
+    from pytest_memo.core.errors import CorruptFileError, MemoWarning
     from pytest_memo.core.hashing import UnhashableError, hash
     from pytest_memo.core.serialize import dump, load
     from pytest_memo.memoize.cache import cache
     from pytest_memo.memoize.marker import memo
 
-__all__ = ["CorruptFileError", "UnhashableError", "cache", "dump", "hash", "load", "memo"]
+__all__ = [
+    "CorruptFileError",
+    "MemoWarning",
+    "UnhashableError",
+    "cache",
+    "dump",
+    "hash",
+    "load",
+    "memo",
+]
 __version__ = "0.1.0"
 
 _HOMES = {
     "CorruptFileError": "core.errors",
+    "MemoWarning": "core.errors",
     "UnhashableError": "core.hashing",
     "hash": "core.hashing",
     "memo": "memoize.marker",

@@ -155,3 +155,27 @@ def item_fixture_definitions(item: Any) -> dict[str, Any]:
 # The attribute by which pytest's FixtureDef keeps its finalizers (thread mode keeps them
 # per context, under this name).
 FIXTURE_FINALIZERS_ATTRIBUTE = "_finalizers"
+
+
+# -- pytest's built-in fixtures -----------------------------------------------------------
+# Not private API, but facts about pytest that change with its releases: kept here too.
+
+# Built-in fixtures whose values are different on every run or are live handles.
+PYTEST_PER_RUN_FIXTURES = (
+    "tmp_path",
+    "tmpdir",
+    "tmp_path_factory",
+    "tmpdir_factory",
+    "monkeypatch",
+    "capsys",
+    "capsysbinary",
+    "capfd",
+    "capfdbinary",
+    "caplog",
+    "recwarn",
+    "pytestconfig",
+    "record_property",
+    "record_testsuite_property",
+    "record_xml_attribute",
+    "cache",
+)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_memo.store.local import Store
+
 HELPER = """
 import pytest_memo
 
@@ -111,3 +113,70 @@ def test_unpicklable_result_warns_and_is_returned(tmp_path: Path) -> None:
     )
     assert result.stdout.startswith("lock ")
     assert "could not be stored" in result.stdout
+
+
+def test_hits_are_recorded_in_the_store(pytester: pytest.Pytester) -> None:
+    """Hits count in --memo-show and the summary, and keep entries from being evicted first
+    (--memo-max-size evicts the least recently used)."""
+    pytester.makepyfile(helper=HELPER)
+    pytester.makepyfile(
+        test_it="""
+        from helper import slow
+
+        def test_values():
+            for _ in range(3):
+                assert slow(3) == {"double": 6}
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert calls(pytester.path) == ["3"]
+    (entry,) = Store(pytester.path / ".pytest_memo").listing()
+    assert (entry.fixture, entry.hits) == ("helper:slow", 2)
+    assert entry.last_used >= entry.created
+    result.stdout.fnmatch_lines(["memo: 2 hits *, 1 miss *"])
+    show = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--memo-show")
+    show.stdout.fnmatch_lines(["helper:slow *  2 *"])
+
+
+def test_an_entry_that_no_longer_loads_warns_and_is_recomputed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        thing="""
+        import os
+
+        class Thing:
+            def __init__(self):
+                self.x = 1
+
+            def __setstate__(self, state):
+                if os.environ.get("THING_BROKEN"):
+                    raise RuntimeError("this Thing cannot be loaded")
+                self.__dict__.update(state)
+        """,
+        helper="""
+        import pytest_memo
+        from thing import Thing
+
+        @pytest_memo.cache
+        def make():
+            with open("calls.txt", "a") as calls:
+                calls.write("make\\n")
+            return Thing()
+        """,
+        test_it="from helper import make\n\ndef test_it():\n    assert make().x == 1\n",
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    monkeypatch.setenv("THING_BROKEN", "1")
+    broken = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    broken.assert_outcomes(passed=1, warnings=1)
+    broken.stdout.fnmatch_lines(
+        [
+            "*MemoWarning: pytest-memo: removed an entry of function helper:make that no longer "
+            "loads (RuntimeError: this Thing cannot be loaded) and recomputed it"
+        ]
+    )
+    monkeypatch.delenv("THING_BROKEN")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert calls(pytester.path) == ["make", "make"]  # the replaced entry loads again

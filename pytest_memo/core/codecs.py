@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from pytest_memo.core.cpus import usable_cpus
+
 __all__ = ["Codec", "map_ordered", "parse_compress", "shuffle", "unshuffle_into"]
 
 CODEC_NAMES = ("lz4", "zlib", "gzip", "bz2", "lzma", "xz")
@@ -200,17 +202,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def pool() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, _usable_cpus()), thread_name_prefix="pytest-memo")
+        _pool = ThreadPoolExecutor(usable_cpus(), thread_name_prefix="pytest-memo")
     return _pool
 
 

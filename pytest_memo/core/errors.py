@@ -8,3 +8,11 @@ class CorruptFileError(ValueError):
 
     The message names the file and what is wrong with it.
     """
+
+
+class MemoWarning(UserWarning):
+    """Something went wrong with the store (a damaged entry, a value that cannot be
+    stored, a store that cannot be written); the run goes on with computed values.
+
+    Filter it like any warning: ``-W error::pytest_memo.MemoWarning`` in CI.
+    """

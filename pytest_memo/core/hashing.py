@@ -15,12 +15,14 @@ import os
 import struct
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from operator import itemgetter
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import xxhash
+
+from pytest_memo.core.inspection import global_names
 
 if TYPE_CHECKING:
     import numpy as np
@@ -373,19 +375,6 @@ class _ContentHasher:
 
 def _dtype_text(dtype: np.dtype[Any]) -> str:
     return str(dtype.descr) if dtype.fields else dtype.str
-
-
-def code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
-    """A code object and the code nested in it (functions, comprehensions, classes)."""
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from code_objects(const)
-
-
-def global_names(code: types.CodeType) -> list[str]:
-    """Names a code object (and the functions nested in it) looks up as globals or attributes."""
-    return sorted({name for nested in code_objects(code) for name in nested.co_names})
 
 
 def _pandas_handler(hasher: _ContentHasher, obj: Any) -> bool:

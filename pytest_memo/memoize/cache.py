@@ -3,44 +3,63 @@
 Inside a pytest run the function uses the run's store (``--memo-dir``; nothing is stored
 with ``--memo-off``); outside pytest it uses ``$PYTEST_MEMO_DIR`` or ``.pytest_memo`` in
 the current directory.  Keys follow the same rules as memoized fixtures: the function's
-identity and code (and the project code it calls), its arguments, ``version``.
+identity and code (and the project code it calls), its arguments, ``version``.  Hits and
+misses count in the run's statistics and in ``--memo-show`` as a fixture's do.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import inspect
 import os
-import time
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from pytest_memo.core.errors import CorruptFileError
 from pytest_memo.core.hashing import hash
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized
 from pytest_memo.memoize.keys import CodeFingerprints, combine
-from pytest_memo.store.local import Entry, EntryInfo, Store, secret_from_environment
+from pytest_memo.memoize.stats import RunStats
+from pytest_memo.store.local import Store, secret_from_environment
+from pytest_memo.store.location import local_directory
 
 __all__ = ["cache", "use_store"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_active: dict[str, Any] = {"store": None, "rootdir": None, "off": False}
-# Keys of cached calls made in this process, so --memo-prune keeps their entries.
-used_keys: set[str] = set()
+
+class _Active:
+    """The store cached functions use: the run's, or one of their own outside pytest."""
+
+    engine: Memoized | NotMemoized | None = None
+    rootdir: Path = Path()
+    fingerprints: CodeFingerprints | None = None
 
 
-def use_store(store: Store | None, rootdir: Path, off: bool = False) -> None:
-    """Called by the plugin: cached functions use the run's store while pytest runs."""
-    _active.update(store=store, rootdir=rootdir, off=off, fingerprints=CodeFingerprints(rootdir))
+def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
+    """Called by the plugin: cached functions use the run's store (and count in its
+    statistics) while pytest runs."""
+    _Active.engine, _Active.rootdir = engine, rootdir
+    _Active.fingerprints = CodeFingerprints(rootdir)
 
 
-def _current() -> tuple[Store | None, CodeFingerprints]:
-    if _active["store"] is None and not _active["off"]:
-        root = Path(os.environ.get("PYTEST_MEMO_DIR", ".pytest_memo")).resolve()
-        use_store(Store(root, secret=secret_from_environment()), Path.cwd())
-    return _active["store"], _active["fingerprints"]
+def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
+    if _Active.engine is None or _Active.fingerprints is None:
+        directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
+        store = Store(directory, secret=secret_from_environment())
+        atexit.register(_save_hits, store)
+        use_store(Memoized(store, RunStats()), Path.cwd())
+    assert _Active.engine is not None and _Active.fingerprints is not None
+    return _Active.engine, _Active.fingerprints
+
+
+def _save_hits(store: Store) -> None:
+    """Outside pytest: write the hits counted in this process to the index at exit."""
+    with contextlib.suppress(OSError):
+        store.flush()
+    store.close()
 
 
 @overload
@@ -84,72 +103,30 @@ def cache(
 
         @functools.wraps(function)
         def memoized(*args: Any, **kwargs: Any) -> Any:
-            store, fingerprints = _current()
-            if store is None:
-                return function(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
-            key = combine(
-                identity=identity,
-                code=fingerprints.of(function),
-                arguments=hash(arguments, _active["rootdir"]),
-                version=hash(version),
-            )
-            used_keys.add(key)
-            return _get_or_compute(
-                store, key, identity, lambda: function(*args, **kwargs), compress, mmap
-            )
+            engine, fingerprints = _current()
+
+            def lookup() -> Lookup:
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
+                digest = hash(arguments, _Active.rootdir)
+                return Lookup(
+                    key=combine(
+                        identity=identity,
+                        code=fingerprints.of(function),
+                        arguments=digest,
+                        version=hash(version),
+                    ),
+                    name=identity,
+                    what=f"function {identity}",
+                    slot=combine(identity=identity, arguments=digest),
+                    source=identity,
+                    mmap=mmap,
+                    compress=compress,
+                )
+
+            return engine.get_or_compute(lambda: function(*args, **kwargs), lookup)
 
         return memoized  # type: ignore[return-value]
 
     return decorate(function) if function is not None else decorate
-
-
-def _get_or_compute(
-    store: Store, key: str, identity: str, compute: Callable[[], Any], compress: object, mmap: bool
-) -> Any:
-    lock = store.lock(key)
-    try:
-        store.prepare()
-        entry = _read(store, key, mmap)
-        if entry is None:
-            lock.acquire()
-    except OSError as error:
-        warnings.warn(f"pytest-memo: store {store.root} is not usable ({error})", stacklevel=4)
-        return compute()
-    if entry is not None:
-        return entry.value
-    try:
-        entry = _read(store, key, mmap)  # computed by another process while we waited
-        if entry is not None:
-            return entry.value
-        started = time.perf_counter()
-        value = compute()
-        info = EntryInfo(
-            fixture=identity,
-            source=identity,
-            slot=combine(identity=identity),
-            seconds=time.perf_counter() - started,
-            created=time.time(),
-        )
-        try:
-            store.write(key, info, value, compress=compress)
-        except Exception as error:  # pickling runs user code; OSError: store not writable
-            warnings.warn(
-                f"pytest-memo: the result of {identity} could not be stored "
-                f"({type(error).__name__}: {error})",
-                stacklevel=4,
-            )
-        return value
-    finally:
-        lock.release()
-
-
-def _read(store: Store, key: str, mmap: bool) -> Entry | None:
-    try:
-        return store.read(key, mmap=mmap)
-    except CorruptFileError as error:
-        warnings.warn(f"pytest-memo: removed a damaged entry, recomputing: {error}", stacklevel=5)
-        store.remove(key)
-        return None

@@ -8,12 +8,7 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 
 from __future__ import annotations
 
-import dis
-import functools
 import inspect
-import time
-import types
-import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,42 +16,16 @@ from typing import Any
 
 import pytest
 
-from pytest_memo.core.errors import CorruptFileError
-from pytest_memo.core.hashing import UnhashableError, code_objects, global_names, hash
+from pytest_memo.core.hashing import UnhashableError, hash
+from pytest_memo.core.inspection import names, reads_requesting_test, setting_names
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
 from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
 from pytest_memo.memoize.stats import RunStats
-from pytest_memo.pytest_compat import active_fixturedef
-from pytest_memo.store.local import Entry, EntryInfo, Store
+from pytest_memo.pytest_compat import PYTEST_PER_RUN_FIXTURES, active_fixturedef
+from pytest_memo.store.local import Store
 
-__all__ = ["FixtureMemo", "MemoWarning"]
-
-# Built-in fixtures whose values are different on every run or are live handles:
-# as a dependency they would make every lookup a miss.
-PER_RUN_FIXTURES = frozenset(
-    {
-        "tmp_path",
-        "tmpdir",
-        "tmp_path_factory",
-        "tmpdir_factory",
-        "monkeypatch",
-        "capsys",
-        "capsysbinary",
-        "capfd",
-        "capfdbinary",
-        "caplog",
-        "recwarn",
-        "pytestconfig",
-        "record_property",
-        "record_testsuite_property",
-        "record_xml_attribute",
-        "cache",
-    }
-)
-
-
-class MemoWarning(UserWarning):
-    """Something went wrong with the store; the tests go on with computed values."""
+__all__ = ["FixtureMemo"]
 
 
 @dataclass
@@ -72,32 +41,22 @@ class FixtureMemo:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = RunStats()
+        self.engine: Memoized | NotMemoized = (
+            NotMemoized(self.stats)
+            if settings.store is None
+            else Memoized(settings.store, self.stats)
+        )
         self.pruned: int | None = None  # entries removed by --memo-prune
         self.fingerprints = CodeFingerprints(settings.rootdir)
         self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
-        self._store_broken = False
-        self._store_prepared = False
 
     @property
     def store(self) -> Store | None:
-        return None if self._store_broken else self.settings.store
+        return self.engine.store
 
     def store_unusable(self) -> None:
         """The store cannot be used and that was already reported: compute normally."""
-        self._store_broken = True
-
-    def _prepared_store(self) -> Store | None:
-        # Checked once per process before the first lookup, so that a store that cannot
-        # be created gives one warning, not one per failing read, lock and write.
-        store = self.store
-        if store is not None and not self._store_prepared:
-            self._store_prepared = True
-            try:
-                store.prepare()
-            except OSError as error:
-                self._broken(error)
-                return None
-        return store
+        self.engine.unusable()
 
     def options_for(self, fixturedef: Any) -> MemoOptions | None:
         if self.settings.store is None:
@@ -114,8 +73,8 @@ class FixtureMemo:
     ) -> Generator[None, Any, Any]:
         _refuse_unsupported(fixturedef)
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
-        if "getfixturevalue" in _names(function.__code__):
-            _warn(
+        if "getfixturevalue" in names(function.__code__):
+            warn(
                 f"fixture {fixturedef.argname!r} calls request.getfixturevalue(): the values "
                 "it gets that way cannot enter its key, so it is computed, not memoized; "
                 "request those fixtures as arguments instead"
@@ -123,106 +82,23 @@ class FixtureMemo:
             return (yield)
         key, slot = self._key(fixturedef, request, options)
         self._keys[fixturedef] = key
-        self.stats.used_keys.add(key)
         self.stats.used_slots.add(slot)
-        store, stats = self._prepared_store(), self.stats.of(fixturedef.argname)
-        if store is None:
-            return (yield)
-        entry = self._lookup(store, key, fixturedef, options)
-        if entry is None:
-            lock = store.lock(key)
-            try:
-                lock.acquire()
-            except OSError as error:  # the lock file cannot be created: read-only store
-                self._broken(error)
-                return (yield)
-            try:
-                entry = self._lookup(store, key, fixturedef, options)
-                if entry is None:
-                    return (yield from self._compute(store, key, slot, fixturedef, options))
-            finally:
-                lock.release()
-        stats.hits += 1
-        stats.seconds_saved += entry.info.seconds
-        try:
-            store.note_hit(entry)
-        except OSError as error:
-            self._broken(error)
-        return (yield from _serve(fixturedef, entry.value))
-
-    def _compute(
-        self, store: Store, key: str, slot: str, fixturedef: Any, options: MemoOptions
-    ) -> Generator[None, Any, Any]:
-        started = time.perf_counter()
-        value = yield
-        seconds = time.perf_counter() - started
-        stats = self.stats.of(fixturedef.argname)
-        stats.misses += 1
-        stats.seconds_computed += seconds
-        info = EntryInfo(
-            fixture=fixturedef.argname,
-            source=self._source(fixturedef.func),
+        lookup = Lookup(
+            key=key,
+            name=fixturedef.argname,
+            what=f"fixture {fixturedef.argname!r}",
             slot=slot,
-            seconds=seconds,
-            created=time.time(),
+            source=self._source(fixturedef.func),
+            mmap=options.mmap,
+            compress=options.compress,
+            stale_before=self.settings.run_started if self.settings.refresh else None,
         )
-        self._save(store, key, info, value, options, fixturedef.argname)
-        return value
-
-    def _save(
-        self, store: Store, key: str, info: EntryInfo, value: Any, options: MemoOptions, name: str
-    ) -> None:
-        try:
-            invalidated = store.has_other_in_slot(info.slot, key)
-            store.write(key, info, value, compress=options.compress)
-        except OSError as error:
-            self._broken(error)
-            return
-        except Exception as error:  # pickling runs user code: any error is possible
-            _warn(
-                f"the value of fixture {name!r} could not be stored ({type(error).__name__}: "
-                f"{error}); the test uses the computed value and it is not memoized"
-            )
-            return
-        if invalidated:
-            self.stats.of(name).invalidated += 1
-
-    def _lookup(
-        self, store: Store, key: str, fixturedef: Any, options: MemoOptions
-    ) -> Entry | None:
-        settings = self.settings
-        if settings.refresh and store.created_before(key, settings.run_started):
-            return None
-        try:
-            entry = store.read(key, mmap=options.mmap)
-        except CorruptFileError as error:
-            _warn(
-                f"removed a damaged entry of fixture {fixturedef.argname!r} and recomputed it: "
-                f"{error}"
-            )
-            store.remove(key)
-            return None
-        except OSError as error:
-            _warn(f"cannot read the store entry of fixture {fixturedef.argname!r}: {error}")
-            return None
-        except Exception as error:  # unpickling runs user code (a class that changed shape)
-            _warn(
-                f"removed an entry of fixture {fixturedef.argname!r} that no longer loads "
-                f"({type(error).__name__}: {error}) and recomputed it"
-            )
-            store.remove(key)
-            return None
-        if entry is not None and entry.info.fixture != fixturedef.argname:
-            return None  # not ours: never serve another fixture's value
-        return entry
-
-    def _broken(self, error: OSError) -> None:
-        if not self._store_broken:
-            _warn(
-                f"cannot write to the store in {self.settings.store and self.settings.store.root} "
-                f"({error}); fixtures are computed normally for the rest of this run"
-            )
-        self._store_broken = True
+        with self.engine.claim(lookup) as claim:
+            if claim.entry is not None:
+                return (yield from _serve(fixturedef, claim.entry.value))
+            value = yield  # pytest sets the fixture up: it computes
+            claim.keep(value)
+            return value
 
     # -- keys -----------------------------------------------------------------
 
@@ -231,7 +107,7 @@ class FixtureMemo:
         # The source file (relative to the rootdir) tells apart same-named conftest modules.
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
         param = self._param(fixturedef, request)
-        if "request" in fixturedef.argnames and _reads_requesting_test(function):
+        if "request" in fixturedef.argnames and reads_requesting_test(function.__code__):
             # request.node, request.function, ... or request handed to other code: the
             # value may depend on the requesting test.
             param = hash((param, request.node.nodeid))
@@ -246,7 +122,7 @@ class FixtureMemo:
             _refuse_absolute_patterns(fixturedef.argname, options.depends, self.settings.rootdir)
             files, unmatched = files_digest(self.settings.rootdir, options.depends)
             for pattern in unmatched:
-                _warn(
+                warn(
                     f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches no file"
                 )
         key = combine(
@@ -284,7 +160,7 @@ class FixtureMemo:
             f"add ignore=[{name!r}] to its memo mark if the value does not depend on it, "
             "or memoize a fixture that does not use it"
         )
-        if name in PER_RUN_FIXTURES:
+        if name in PYTEST_PER_RUN_FIXTURES:
             pytest.fail(
                 f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, which is "
                 f"different on every run, so it could never be loaded from the store: {hint}",
@@ -322,77 +198,14 @@ def _serve(fixturedef: Any, value: Any) -> Generator[None, Any, Any]:
         fixturedef.func = original
 
 
-# Attributes of ``request`` that describe the requesting test rather than the fixture.
-REQUESTING_TEST_ATTRIBUTES = frozenset(
-    {
-        "node",
-        "function",
-        "cls",
-        "instance",
-        "module",
-        "path",
-        "fspath",
-        "keywords",
-        "getfixturevalue",
-        "applymarker",
-        "_pyfuncitem",
-    }
-)
-
-
-# Attributes of ``request`` that do not depend on the requesting test.
-FIXTURE_ATTRIBUTES = frozenset(
-    {"param", "param_index", "config", "fixturename", "scope", "addfinalizer"}
-)
-# Instructions that only prepare a variable for a nested function (checked on its own).
-CELL_INSTRUCTIONS = frozenset({"MAKE_CELL", "LOAD_CLOSURE", "COPY_FREE_VARS"})
-
-
-# The bytecode checks below run for every test a function-scoped fixture serves: each is
-# computed once per fixture code object.
-_names = functools.cache(global_names)
-
-
-def _reads_requesting_test(function: Any) -> bool:
-    code = function.__code__
-    return not REQUESTING_TEST_ATTRIBUTES.isdisjoint(_names(code)) or _request_passed_on(code)
-
-
-@functools.cache
-def _request_passed_on(code: types.CodeType) -> bool:
-    """Whether the code does anything with ``request`` other than read one of
-    :data:`FIXTURE_ATTRIBUTES`: handing it to a helper, which may read the test's node."""
-    return any(_passes_request_on(nested) for nested in code_objects(code))
-
-
-def _passes_request_on(code: types.CodeType) -> bool:
-    instructions = list(dis.get_instructions(code))
-    for position, instruction in enumerate(instructions):
-        argument = instruction.argval
-        mentioned = argument if isinstance(argument, tuple) else (argument,)
-        if "request" not in mentioned or instruction.opname in CELL_INSTRUCTIONS:
-            continue
-        following = instructions[position + 1] if position + 1 < len(instructions) else None
-        only_reads_an_attribute = (
-            instruction.opname.startswith(("LOAD_FAST", "LOAD_DEREF", "STORE_FAST_LOAD_FAST"))
-            and mentioned[-1] == "request"
-            and following is not None
-            and following.opname in ("LOAD_ATTR", "LOAD_METHOD")
-            and following.argval in FIXTURE_ATTRIBUTES
-        )
-        if not only_reads_an_attribute:
-            return True
-    return False
-
-
 def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None:
     """Command-line options and ini values the code names (``request.config.getoption
     ("size")``), with the values they have in this run: they enter the key."""
-    code = function.__code__
-    if "config" not in _names(code):
+    candidates = setting_names(function.__code__)
+    if candidates is None:
         return None
     read = {}
-    for text in sorted(_string_constants(code)):
+    for text in candidates:
         for kind, lookup in (("option", config.getoption), ("ini", config.getini)):
             try:
                 value = lookup(text)
@@ -403,16 +216,6 @@ def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None
             except UnhashableError:
                 read[f"{kind}:{text}"] = repr(value)
     return read
-
-
-@functools.cache
-def _string_constants(code: types.CodeType) -> frozenset[str]:
-    return frozenset(
-        const
-        for nested in code_objects(code)
-        for const in nested.co_consts
-        if isinstance(const, str)
-    )
 
 
 def _refuse_absolute_patterns(name: str, patterns: Any, rootdir: Path) -> None:
@@ -441,7 +244,3 @@ def _refuse_unsupported(fixturedef: Any) -> None:
             "an argument.",
             pytrace=False,
         )
-
-
-def _warn(message: str) -> None:
-    warnings.warn(MemoWarning(f"pytest-memo: {message}"), stacklevel=2)

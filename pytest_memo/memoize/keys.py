@@ -9,7 +9,6 @@ function reads counts by content.
 
 from __future__ import annotations
 
-import dis
 import functools
 import importlib
 import importlib.metadata
@@ -22,14 +21,8 @@ from typing import Any
 
 import xxhash
 
-from pytest_memo.core.hashing import (
-    UnhashableError,
-    code_hash,
-    code_objects,
-    content_hash,
-    global_names,
-    hash,
-)
+from pytest_memo.core.hashing import UnhashableError, code_hash, content_hash, hash
+from pytest_memo.core.inspection import global_names, imported_modules, owner_class
 
 __all__ = ["CodeFingerprints", "combine", "files_digest"]
 
@@ -121,7 +114,7 @@ class CodeFingerprints:
             if name in func.__globals__
         ]
         # A method reads attributes of its class through ``self`` (``self.FACTOR``).
-        owner = _owner_class(func)
+        owner = owner_class(func)
         if owner is not None and self.is_project(owner):
             references += [
                 (f"self.{name}", self.reference(getattr(owner, name), ()))
@@ -131,7 +124,7 @@ class CodeFingerprints:
         # Modules imported inside the function are not globals: ``from pkg.helpers import
         # build`` in its body names ``pkg.helpers`` and ``build``.
         package = func.__globals__.get("__package__")
-        for name in _imported_modules(func.__code__, package):
+        for name in imported_modules(func.__code__, package):
             module = sys.modules.get(name) or self._import_if_project(name)
             if module is None:
                 references.append((name, ("module", name, self.distribution_version(name))))
@@ -267,37 +260,6 @@ class CodeFingerprints:
             except importlib.metadata.PackageNotFoundError:
                 continue
         return ",".join(sorted(versions)) or f"unversioned:{top}"
-
-
-def _owner_class(func: types.FunctionType) -> type | None:
-    """The class a function is defined in, found by its qualified name."""
-    path = func.__qualname__.split(".")[:-1]
-    if not path or "<locals>" in path:
-        return None
-    found: Any = sys.modules.get(func.__module__)
-    for part in path:
-        found = getattr(found, part, None)
-    return found if isinstance(found, type) else None
-
-
-def _imported_modules(code: types.CodeType, package: str | None) -> list[str]:
-    """Absolute names of the modules a code object (and the code nested in it) imports."""
-    found = []
-    for nested in code_objects(code):
-        instructions = list(dis.get_instructions(nested))
-        for position, instruction in enumerate(instructions):
-            if instruction.opname != "IMPORT_NAME":
-                continue
-            level_load = instructions[position - 2] if position >= 2 else None
-            level = level_load.argval if level_load and level_load.opname == "LOAD_CONST" else 0
-            name = str(instruction.argval)
-            if isinstance(level, int) and level > 0:
-                try:
-                    name = importlib.util.resolve_name("." * level + name, package)
-                except (ImportError, ValueError):
-                    continue
-            found.append(name)
-    return found
 
 
 def _name(obj: Any) -> str:

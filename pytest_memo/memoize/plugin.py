@@ -16,6 +16,7 @@ from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
 from pytest_memo.store.local import Store, secret_from_environment
+from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
@@ -59,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="after the run, evict least recently used values beyond SIZE (e.g. 2GB)",
     )
     parser.addini(
-        "memo_dir", "the store directory, relative to the rootdir", default=".pytest_memo"
+        "memo_dir", "the store directory, relative to the rootdir", default=DEFAULT_DIRECTORY
     )
     parser.addini(
         "memo_storage_options",
@@ -72,11 +73,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _store(config: pytest.Config) -> Store:
     location = config.getoption("memo_dir") or config.getini("memo_dir")
-    if "://" in location:  # s3://bucket/prefix, file://..., any fsspec URL
+    if is_url(location):  # s3://bucket/prefix, file://..., any fsspec URL
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
         return remote_store(config, location)
-    return Store(config.rootpath / Path(location).expanduser(), secret=secret_from_environment())
+    return Store(local_directory(config.rootpath, location), secret=secret_from_environment())
 
 
 def _max_size(config: pytest.Config) -> int | None:
@@ -137,7 +138,7 @@ def pytest_configure(config: pytest.Config) -> None:
             by_name=frozenset(config.getini("memo_fixtures")),
         )
     )
-    memory.use_store(store, config.rootpath, off=store is None)
+    memory.use_store(config.stash[MEMO].engine, config.rootpath)
     if getattr(config, "workerinput", {}).get("pytest_memo_unusable"):
         config.stash[MEMO].store_unusable()  # the main process has warned about it
     if store is not None and not _is_worker(config):
@@ -194,7 +195,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.store is None:
         return
-    memo.stats.used_keys.update(memory.used_keys)
     try:
         memo.store.flush()
         if _is_worker(config):
@@ -305,7 +305,6 @@ def worker_output(config: pytest.Config) -> dict[str, Any] | None:
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.store is None:
         return None
-    memo.stats.used_keys.update(memory.used_keys)
     with contextlib.suppress(OSError):  # the counts still reach the summary
         memo.store.flush()
     return memo.stats.as_dict()

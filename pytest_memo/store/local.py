@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pytest_memo.core.errors import CorruptFileError
 from pytest_memo.core.files import write_atomically
+from pytest_memo.store.location import LAYOUT
 
 if TYPE_CHECKING:
     import sqlite3
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Entry", "EntryInfo", "Store"]
 
-LAYOUT = "v1"
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by pytest-memo.\n"

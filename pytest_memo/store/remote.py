@@ -38,16 +38,16 @@ from typing import Any
 
 import pytest
 
-from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.core.files import temporary_beside
 from pytest_memo.store.local import (
-    LAYOUT,
     Entry,
     EntryInfo,
     Store,
     mark_cache_directory,
     secret_from_environment,
 )
+from pytest_memo.store.location import DEFAULT_DIRECTORY, LAYOUT, local_directory
 
 __all__ = ["RemoteStore", "local_cache", "open_filesystem", "remote_store"]
 
@@ -69,14 +69,13 @@ EXTRAS = {
 # fail fast.  ``config_kwargs`` in memo_storage_options override these timeouts.
 S3_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1}}
 S3_RETRIES = 1
-CACHE_DIRECTORY = ".pytest_memo"
 WORKER_INPUT = "pytest_memo_remote_off"  # xdist: the main process gave the remote up
 
 
 def local_cache(rootdir: Path, url: str) -> Path:
     """The local cache directory of the remote store at ``url``."""
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-    return rootdir / CACHE_DIRECTORY / "remote" / digest
+    return local_directory(rootdir, None) / "remote" / digest
 
 
 class RemoteStore(Store):
@@ -158,7 +157,7 @@ class RemoteStore(Store):
         so that a remote out of reach gives one warning before any test runs."""
         super().prepare()
         parent = self.root.parent.parent  # .pytest_memo: git and backups skip it too
-        if parent.name == CACHE_DIRECTORY:
+        if parent.name == DEFAULT_DIRECTORY:
             mark_cache_directory(parent)
         if self._probed_pid == os.getpid() or not self.remote_usable:
             return
@@ -370,8 +369,6 @@ def remote_store(config: pytest.Config, url: str) -> RemoteStore:
 
 
 def _memo_warning(message: str) -> Warning:
-    from pytest_memo.memoize.fixture import MemoWarning
-
     return MemoWarning(f"pytest-memo: {message}")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_memo.store.location import LAYOUT, local_directory
 from pytest_memo.timing import durations
 from pytest_memo.timing.shard import parse_shard, shard
 
@@ -66,12 +67,10 @@ def recorded_durations(config: pytest.Config) -> dict[str, float]:
 
 def _durations_directory(config: pytest.Config) -> Path:
     """The memo store's directory (its local cache, for a remote store)."""
-    location = str(config.getoption("memo_dir", None) or ".pytest_memo")
+    location = config.getoption("memo_dir", None)
     with contextlib.suppress(ValueError):  # the memo plugin may be disabled
-        location = str(config.getoption("memo_dir", None) or config.getini("memo_dir"))
-    if "://" in location:
-        location = ".pytest_memo"
-    return config.rootpath / Path(location).expanduser() / "v1"
+        location = location or config.getini("memo_dir")
+    return local_directory(config.rootpath, location) / LAYOUT
 
 
 def pytest_configure(config: pytest.Config) -> None:

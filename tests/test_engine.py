@@ -1,0 +1,200 @@
+"""The get-or-compute engine behind memoized fixtures and ``pytest_memo.cache``, with a
+real store in a temporary directory; and the statistics and store API it relies on."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import filelock
+import pytest
+
+from pytest_memo import MemoWarning
+from pytest_memo.core.cpus import cgroup_quota, usable_cpus
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized
+from pytest_memo.memoize.stats import RunStats
+from pytest_memo.store.local import Store
+from pytest_memo.store.location import DEFAULT_DIRECTORY, LAYOUT, local_directory
+
+
+def lookup(key: str = "k" * 32, name: str = "data", **fields: Any) -> Lookup:
+    return Lookup(
+        key=key, name=name, what=f"fixture {name!r}", slot=f"slot-{name}", source="x.py", **fields
+    )
+
+
+class Counter:
+    def __init__(self, value: Any = 42) -> None:
+        self.value = value
+        self.calls = 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        return self.value
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    store = Store(tmp_path / "store")
+    yield store
+    store.close()
+
+
+def test_a_value_is_computed_once_then_served_and_counted(store: Store) -> None:
+    engine, compute = Memoized(store, RunStats()), Counter({"answer": 42})
+    for _ in range(3):
+        assert engine.get_or_compute(compute, lookup) == {"answer": 42}
+    assert compute.calls == 1
+    stats = engine.stats.of("data")
+    assert (stats.hits, stats.misses) == (2, 1)
+    assert engine.stats.used_keys == {"k" * 32}
+    store.flush()
+    (entry,) = store.listing()
+    assert (entry.fixture, entry.hits, entry.slot) == ("data", 2, "slot-data")
+
+
+def test_another_process_sees_the_stored_value(store: Store) -> None:
+    Memoized(store, RunStats()).get_or_compute(Counter(1), lookup)
+    compute = Counter(2)
+    assert Memoized(Store(store.root), RunStats()).get_or_compute(compute, lookup) == 1
+    assert compute.calls == 0
+
+
+def test_a_damaged_entry_warns_is_removed_and_recomputed(store: Store) -> None:
+    engine = Memoized(store, RunStats())
+    engine.get_or_compute(Counter(1), lookup)
+    store.entry_path("k" * 32).write_bytes(b"garbage")
+    compute = Counter(2)
+    with pytest.warns(MemoWarning, match="removed a damaged entry of fixture 'data'"):
+        assert engine.get_or_compute(compute, lookup) == 2
+    assert compute.calls == 1
+    assert store.read("k" * 32) is not None  # stored again
+
+
+class Unloadable:
+    broken = False
+
+    def __init__(self) -> None:
+        self.x = 1
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if Unloadable.broken:
+            raise RuntimeError("cannot be loaded")
+        self.__dict__.update(state)
+
+
+def test_an_entry_that_no_longer_loads_warns_and_is_recomputed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Memoized(store, RunStats())
+    engine.get_or_compute(Counter(Unloadable()), lookup)
+    monkeypatch.setattr(Unloadable, "broken", True)
+    compute = Counter(3)
+    with pytest.warns(MemoWarning, match="no longer loads .RuntimeError: cannot be loaded"):
+        assert engine.get_or_compute(compute, lookup) == 3
+    assert compute.calls == 1
+
+
+def test_a_value_that_cannot_be_stored_warns_and_is_returned(store: Store) -> None:
+    engine, lock = Memoized(store, RunStats()), threading.Lock()
+    with pytest.warns(MemoWarning, match="the value of fixture 'data' could not be stored"):
+        assert engine.get_or_compute(Counter(lock), lookup) is lock
+    assert store.listing() == []
+    assert engine.store is store  # the store itself is fine
+
+
+def test_an_unusable_store_warns_once_and_values_are_computed(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    engine, compute = Memoized(Store(tmp_path / "file" / "store"), RunStats()), Counter()
+    with pytest.warns(MemoWarning, match="cannot write to the store") as caught:
+        for _ in range(3):
+            assert engine.get_or_compute(compute, lookup) == 42
+    assert (len(caught), compute.calls) == (1, 3)
+    assert engine.store is None
+
+
+def test_refresh_recomputes_entries_written_before(store: Store) -> None:
+    engine = Memoized(store, RunStats())
+    engine.get_or_compute(Counter(1), lookup)
+    later = time.time() + 60
+    assert engine.get_or_compute(Counter(2), lambda: lookup(stale_before=later)) == 2
+    assert engine.get_or_compute(Counter(3), lambda: lookup(stale_before=0.0)) == 2
+
+
+def test_never_serves_another_name_s_entry(store: Store) -> None:
+    engine = Memoized(store, RunStats())
+    engine.get_or_compute(Counter(1), lambda: lookup(name="one"))
+    assert engine.get_or_compute(Counter(2), lambda: lookup(name="two")) == 2
+
+
+def test_a_new_key_in_an_old_slot_counts_as_invalidated(store: Store) -> None:
+    engine = Memoized(store, RunStats())
+    engine.get_or_compute(Counter(1), lambda: lookup(key="a" * 32))
+    engine.get_or_compute(Counter(2), lambda: lookup(key="b" * 32))
+    assert engine.stats.of("data").invalidated == 1
+
+
+def test_a_claim_holds_the_lock_while_the_caller_computes(store: Store) -> None:
+    engine = Memoized(store, RunStats())
+    with engine.claim(lookup()) as claim:
+        assert claim.entry is None
+        with pytest.raises(filelock.Timeout):  # another process would wait
+            store.lock("k" * 32).acquire(blocking=False)
+        claim.keep("value")
+    store.lock("k" * 32).acquire(blocking=False)  # released
+    with engine.claim(lookup()) as claim:
+        assert claim.entry is not None and claim.entry.value == "value"
+
+
+def test_not_memoized_computes_every_time_and_never_makes_a_key() -> None:
+    engine, compute = NotMemoized(RunStats()), Counter()
+
+    def no_key() -> Lookup:
+        raise AssertionError("a key was computed")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [engine.get_or_compute(compute, no_key) for _ in range(2)] == [42, 42]
+    assert compute.calls == 2 and engine.store is None
+    with engine.claim(lookup()) as claim:
+        assert claim.entry is None
+        claim.keep("ignored")
+
+
+# -- statistics --------------------------------------------------------------------
+
+
+def test_worker_statistics_merge_into_the_main_process() -> None:
+    main, worker = RunStats(), RunStats()
+    main.of("a").hits = 1
+    worker.of("a").hits, worker.of("b").misses = 2, 1
+    worker.used_keys.add("k")
+    main.merge(worker.as_dict())
+    assert (main.of("a").hits, main.of("b").misses, main.used_keys) == (3, 1, {"k"})
+    assert main.summary_line(None, ".") == (
+        "memo: 3 hits (0.0 s saved), 1 miss (0.0 s computed), 0 invalidated"
+    )
+
+
+# -- store location and CPUs ------------------------------------------------------
+
+
+def test_the_local_store_directory(tmp_path: Path) -> None:
+    assert local_directory(tmp_path, None) == tmp_path / DEFAULT_DIRECTORY
+    assert local_directory(tmp_path, "cache/memo") == tmp_path / "cache" / "memo"
+    assert local_directory(tmp_path, "/abs/memo") == Path("/abs/memo")
+    assert local_directory(tmp_path, "s3://bucket/x") == tmp_path / DEFAULT_DIRECTORY
+    assert Store(local_directory(tmp_path, None)).base == tmp_path / DEFAULT_DIRECTORY / LAYOUT
+
+
+def test_a_cgroup_quota_limits_the_usable_cpus(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("250000 100000\n")
+    assert cgroup_quota(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_quota(cpu_max) is None
+    assert cgroup_quota(tmp_path / "missing") is None
+    assert usable_cpus() >= 1
