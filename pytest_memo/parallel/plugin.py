@@ -33,6 +33,12 @@ def _workers(text: str) -> int:
     return value
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_memo.parallel import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("par", "parallel runner (pytest-memo)")
     group.addoption(
@@ -151,7 +157,7 @@ def _mode(config: pytest.Config) -> str:
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     config = session.config
     if spawn.is_spawned_worker():
-        spawn.serve(session, _memo_hooks().worker_finish)  # exits when the controller is done
+        spawn.serve(session)  # exits when the controller is done
     workers = worker_count(config)
     failed_collection = session.testsfailed and not config.option.continue_on_collection_errors
     if workers <= 1 or failed_collection or config.option.collectonly or not session.items:
@@ -180,7 +186,6 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             session,
             workers,
             order,
-            _memo_hooks(),
             timeout=config.getoption("par_timeout"),
             groups=groups,
             spawn=_use_spawn(config),
@@ -244,10 +249,3 @@ def _order_is_given(config: pytest.Config) -> bool:
     return any(
         getattr(config.option, name, False) for name in ("failedfirst", "newfirst", "stepwise")
     )
-
-
-def _memo_hooks() -> Any:
-    from pytest_memo.memoize.plugin import merge_worker_output, worker_output
-    from pytest_memo.parallel.controller import Hooks
-
-    return Hooks(worker_finish=worker_output, merge=merge_worker_output)
