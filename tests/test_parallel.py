@@ -638,7 +638,7 @@ def test_with_s_worker_output_reaches_the_terminal(pytester: pytest.Pytester, mo
 def test_numeric_library_threads_are_capped_in_workers(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, preset: str | None, workers: int
 ) -> None:
-    from pytest_memo.parallel.schedule import usable_cpus
+    from pytest_memo.core.cpus import usable_cpus
 
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         if preset is None:

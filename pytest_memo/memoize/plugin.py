@@ -20,6 +20,11 @@ from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_director
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
+# What pytest-xdist's main process tells its workers (workerinput), and this plugin's key
+# in what they send back (workeroutput, and --par workers' too).
+WORKER_STARTED = "pytest_memo_started"
+WORKER_STORE_UNUSABLE = "pytest_memo_unusable"
+WORKER_OUTPUT = "pytest_memo"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -128,7 +133,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _max_size(config)  # a bad size is a usage error before anything runs
     store = None if config.getoption("memo_off") else _store(config)
-    started = getattr(config, "workerinput", {}).get("pytest_memo_started", time.time())
+    started = getattr(config, "workerinput", {}).get(WORKER_STARTED, time.time())
     config.stash[MEMO] = FixtureMemo(
         Settings(
             rootdir=config.rootpath,
@@ -139,7 +144,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     )
     memory.use_store(config.stash[MEMO].engine, config.rootpath)
-    if getattr(config, "workerinput", {}).get("pytest_memo_unusable"):
+    if getattr(config, "workerinput", {}).get(WORKER_STORE_UNUSABLE):
         config.stash[MEMO].store_unusable()  # the main process has warned about it
     if store is not None and not _is_worker(config):
         _prepare(config, store)
@@ -198,7 +203,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     try:
         memo.store.flush()
         if _is_worker(config):
-            config.workeroutput["pytest_memo"] = memo.stats.as_dict()  # type: ignore[attr-defined]
+            config.workeroutput[WORKER_OUTPUT] = memo.stats.as_dict()  # type: ignore[attr-defined]
             return
         if config.getoption("memo_prune"):
             everything = _ran_everything(session)
@@ -280,37 +285,40 @@ def _display_path(path: Path, rootdir: Path) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
+    from pytest_memo.store.remote import WORKER_INPUT as REMOTE_OFF
+
     memo = node.config.stash.get(MEMO, None)
     if memo is not None:
-        node.workerinput["pytest_memo_started"] = memo.settings.run_started
-        node.workerinput["pytest_memo_unusable"] = memo.store is None
-        node.workerinput["pytest_memo_remote_off"] = not getattr(
-            memo.settings.store, "remote_usable", True
-        )
+        node.workerinput[WORKER_STARTED] = memo.settings.run_started
+        node.workerinput[WORKER_STORE_UNUSABLE] = memo.store is None
+        node.workerinput[REMOTE_OFF] = not getattr(memo.settings.store, "remote_usable", True)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
     memo = node.config.stash.get(MEMO, None)
-    counts = getattr(node, "workeroutput", {}).get("pytest_memo")
+    counts = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
     if memo is not None and counts:
         memo.stats.merge(counts)
 
 
-# The parallel runner's workers (forked, see pytest_memo.parallel) report like xdist's.
+# The parallel runner's workers (see pytest_memo.parallel.hookspecs) report like xdist's.
 
 
-def worker_output(config: pytest.Config) -> dict[str, Any] | None:
-    """In a --par worker about to exit: save index updates, return this worker's counts."""
+@pytest.hookimpl(optionalhook=True)
+def pytest_par_worker_finished(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
+    """In a --par worker about to exit: save index updates, send this worker's counts."""
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.store is None:
-        return None
+        return
     with contextlib.suppress(OSError):  # the counts still reach the summary
         memo.store.flush()
-    return memo.stats.as_dict()
+    workeroutput[WORKER_OUTPUT] = memo.stats.as_dict()
 
 
-def merge_worker_output(config: pytest.Config, output: dict[str, Any] | None) -> None:
+@pytest.hookimpl(optionalhook=True)
+def pytest_par_worker_output(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
     memo = config.stash.get(MEMO, None)
-    if memo is not None and output:
-        memo.stats.merge(output)
+    counts = workeroutput.get(WORKER_OUTPUT)
+    if memo is not None and counts:
+        memo.stats.merge(counts)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pytest_memo.core.cpus import usable_cpus
 from pytest_memo.parallel import schedule, spawn
 from pytest_memo.timing.plugin import recorded_durations
 
@@ -23,7 +24,7 @@ THREAD_LIMIT_VARIABLES = (
 
 def _workers(text: str) -> int:
     if text == "auto":
-        return schedule.usable_cpus()
+        return usable_cpus()
     try:
         value = int(text)
     except ValueError:
@@ -31,6 +32,12 @@ def _workers(text: str) -> int:
     if value < 0:
         raise pytest.UsageError(f"--par takes a number of workers or 'auto', got {text!r}")
     return value
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_memo.parallel import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,7 +99,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     except pytest.UsageError:
         return  # reported properly in pytest_configure
     if workers > 1:
-        threads = str(max(1, schedule.usable_cpus() // workers))
+        threads = str(max(1, usable_cpus() // workers))
         for variable in THREAD_LIMIT_VARIABLES:
             os.environ.setdefault(variable, threads)
 
@@ -151,7 +158,7 @@ def _mode(config: pytest.Config) -> str:
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     config = session.config
     if spawn.is_spawned_worker():
-        spawn.serve(session, _memo_hooks().worker_finish)  # exits when the controller is done
+        spawn.serve(session)  # exits when the controller is done
     workers = worker_count(config)
     failed_collection = session.testsfailed and not config.option.continue_on_collection_errors
     if workers <= 1 or failed_collection or config.option.collectonly or not session.items:
@@ -180,7 +187,6 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             session,
             workers,
             order,
-            _memo_hooks(),
             timeout=config.getoption("par_timeout"),
             groups=groups,
             spawn=_use_spawn(config),
@@ -244,10 +250,3 @@ def _order_is_given(config: pytest.Config) -> bool:
     return any(
         getattr(config.option, name, False) for name in ("failedfirst", "newfirst", "stepwise")
     )
-
-
-def _memo_hooks() -> Any:
-    from pytest_memo.memoize.plugin import merge_worker_output, worker_output
-    from pytest_memo.parallel.controller import Hooks
-
-    return Hooks(worker_finish=worker_output, merge=merge_worker_output)

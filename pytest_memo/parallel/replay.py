@@ -1,10 +1,8 @@
 """Replaying, in the main process, what a test run elsewhere told its reporters.
 
-Events are tuples: ``("logstart", nodeid, location)``, ``("logreport", report)`` where
-the report is a TestReport, or ``("logreport", data, became_text)`` with its serialized
-form (``became_text``: its representation was turned into text in transit),
-``("logfinish", nodeid, location)`` and
-``("warning", message, category, filename, lineno, when, nodeid, location)``.
+The events are the named types of ``pytest_memo.parallel.protocol``: ``LogStart``,
+``LogReport`` (a TestReport, or its serialized form from a worker process),
+``LogFinish``, ``WarningEvent`` and ``SuiteProperty``.
 """
 
 from __future__ import annotations
@@ -16,6 +14,14 @@ from typing import Any
 
 import pytest
 
+from pytest_memo.parallel.protocol import (
+    Event,
+    LogFinish,
+    LogReport,
+    LogStart,
+    SuiteProperty,
+    WarningEvent,
+)
 from pytest_memo.pytest_compat import TerminalRepr, TerminalWriter, xml_key
 
 __all__ = ["TextRepresentation", "item_events", "replay", "warning_event"]
@@ -38,12 +44,12 @@ class TextRepresentation(TerminalRepr):
         return self.text
 
 
-def item_events(item: pytest.Item, reports: Sequence[pytest.TestReport]) -> list[tuple[Any, ...]]:
+def item_events(item: pytest.Item, reports: Sequence[pytest.TestReport]) -> list[Event]:
     """The events serial pytest would emit for ``item`` with these reports."""
     return [
-        ("logstart", item.nodeid, item.location),
-        *(("logreport", report) for report in reports),
-        ("logfinish", item.nodeid, item.location),
+        LogStart(item.nodeid, item.location),
+        *(LogReport(report) for report in reports),
+        LogFinish(item.nodeid, item.location),
     ]
 
 
@@ -55,34 +61,33 @@ def warning_event(
     when: str,
     nodeid: str,
     location: Any = None,
-) -> tuple[Any, ...]:
+) -> WarningEvent:
     """The event of a warning; the category travels by name, as a picklable string."""
     qualified = f"{category.__module__}:{category.__qualname__}"
-    return ("warning", str(message), qualified, filename, lineno, when, nodeid, location)
+    return WarningEvent(str(message), qualified, filename, lineno, when, nodeid, location)
 
 
-def replay(config: pytest.Config, events: Sequence[tuple[Any, ...]]) -> None:
+def replay(config: pytest.Config, events: Sequence[Event]) -> None:
     """Call the reporting hooks for ``events``."""
     hook = config.hook
     for event in events:
-        kind = event[0]
-        if kind == "logstart":
-            hook.pytest_runtest_logstart(nodeid=event[1], location=event[2])
-        elif kind == "logreport":
-            report = event[1]
-            if isinstance(report, dict):
-                report = hook.pytest_report_from_serializable(config=config, data=report)
-                if event[2]:
-                    report.longrepr = TextRepresentation(report.longrepr)
-            hook.pytest_runtest_logreport(report=report)
-        elif kind == "logfinish":
-            hook.pytest_runtest_logfinish(nodeid=event[1], location=event[2])
-        elif kind == "warning":
-            _replay_warning(config, *event[1:])
-        elif kind == "suite property":  # record_testsuite_property, for --junitxml
-            xml = config.stash.get(xml_key, None)
-            if xml is not None:
-                xml.add_global_property(event[1], event[2])
+        match event:
+            case LogStart(nodeid, location):
+                hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+            case LogReport(report, became_text):
+                if isinstance(report, dict):
+                    report = hook.pytest_report_from_serializable(config=config, data=report)
+                    if became_text:
+                        report.longrepr = TextRepresentation(report.longrepr)
+                hook.pytest_runtest_logreport(report=report)
+            case LogFinish(nodeid, location):
+                hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+            case WarningEvent():
+                _replay_warning(config, *event)
+            case SuiteProperty(name, value):  # record_testsuite_property, for --junitxml
+                xml = config.stash.get(xml_key, None)
+                if xml is not None:
+                    xml.add_global_property(name, value)
 
 
 def _replay_warning(

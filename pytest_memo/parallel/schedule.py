@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-__all__ = ["long_test_seconds", "order", "scope_groups", "usable_cpus"]
+__all__ = ["long_test_seconds", "order", "scope_groups"]
 
 LONG_TEST_SHARE = 1 / 8  # of a worker's even share of the run: such a test goes first
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: affinity, then a cgroup (container) CPU quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
-    quota = _cgroup_quota()
-    return max(1, min(count, quota) if quota else count)
-
-
-def _cgroup_quota() -> int | None:
-    try:
-        limit, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if limit == "max":
-        return None
-    return max(1, int(limit) // int(period))
 
 
 def _module_of(nodeid: str) -> str:

@@ -18,9 +18,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+from pytest_memo.parallel.protocol import Hello
 
 if TYPE_CHECKING:  # imported where used: every pytest run imports this module
     from multiprocessing.connection import Connection
@@ -100,8 +102,8 @@ class SpawnedWorkers:
         for _ in processes:
             self._wait_for_connection(processes)
             connection = self._listener.accept()
-            _, pid, digest = connection.recv()
-            if digest != self._digest:
+            hello: Hello = connection.recv()
+            if hello.digest != self._digest:
                 for process in processes:
                     process.kill()
                 raise pytest.UsageError(
@@ -109,7 +111,7 @@ class SpawnedWorkers:
                     "collection must give the same test ids every time (check for random or "
                     "time-dependent parametrization)"
                 )
-            started.append((by_pid[pid], connection, outputs[pid]))
+            started.append((by_pid[hello.pid], connection, outputs[hello.pid]))
         return started
 
     def _worker_command(self) -> list[str]:
@@ -152,7 +154,7 @@ def is_spawned_worker() -> bool:
     return ADDRESS_VARIABLE in os.environ
 
 
-def serve(session: pytest.Session, finish: Any) -> None:
+def serve(session: pytest.Session) -> None:
     """In a spawned worker: connect, prove the collection, serve until told to stop."""
     from multiprocessing.connection import Client
 
@@ -161,7 +163,7 @@ def serve(session: pytest.Session, finish: Any) -> None:
     host, _, port = os.environ.pop(ADDRESS_VARIABLE).rpartition(":")
     key = os.environ.pop(KEY_VARIABLE)
     connection = Client((host, int(port)), authkey=bytes.fromhex(key))
-    connection.send(("hello", os.getpid(), collected_digest(session.items)))
+    connection.send(Hello(os.getpid(), collected_digest(session.items)))
     paths = os.environ.pop(OUTPUT_VARIABLE, "")
     output = None
     if paths:
@@ -172,4 +174,4 @@ def serve(session: pytest.Session, finish: Any) -> None:
         from pytest_memo.parallel.worker_coverage import WorkerCoverage
 
         coverage = WorkerCoverage.of_this_process(Path(os.environ.pop(COVERAGE_VARIABLE)))
-    run_worker(session, connection, connection, finish, output, coverage)  # never returns
+    run_worker(session, connection, connection, output, coverage)  # never returns

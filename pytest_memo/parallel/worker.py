@@ -18,6 +18,20 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_memo.parallel.protocol import (
+    Bye,
+    End,
+    Event,
+    Exited,
+    Interrupted,
+    ItemDone,
+    LogFinish,
+    LogReport,
+    LogStart,
+    Run,
+    Stop,
+    SuiteProperty,
+)
 from pytest_memo.parallel.replay import warning_event
 from pytest_memo.pytest_compat import (
     FDCapture,
@@ -30,16 +44,6 @@ from pytest_memo.pytest_compat import (
 if TYPE_CHECKING:
     from pytest_memo.parallel.channel import MessageChannel
     from pytest_memo.parallel.worker_coverage import WorkerCoverage
-
-# Messages, controller -> worker
-RUN = "run"  # ("run", [item indices]): append to the queue
-END = "end"  # no more work: run the queue, tear everything down, say goodbye
-STOP = "stop"  # stop as soon as the current item is done (-x, --maxfail)
-# Messages, worker -> controller
-ITEM = "item"  # ("item", index, [events]) once an item's protocol has finished
-BYE = "bye"  # ("bye", extra) before exiting normally
-STOPPED = "stopped"  # ("stopped", index, ("exit", reason, code) | ("interrupt",)): a test
-# called pytest.exit() or raised KeyboardInterrupt, which stops a serial run
 
 # A worker's stdout and stderr capture files, also open in the controller, which reads
 # them when a test kills its worker.
@@ -68,13 +72,13 @@ class _EventRecorder:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.events: list[tuple[Any, ...]] = []
+        self.events: list[Event] = []
         self.recording = False  # set in workers
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         if self.recording:
-            self.events.append(("logstart", nodeid, location))
+            self.events.append(LogStart(nodeid, location))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -86,12 +90,12 @@ class _EventRecorder:
             became_text = isinstance(data.get("longrepr"), str) and not isinstance(
                 report.longrepr, str
             )
-            self.events.append(("logreport", data, became_text))
+            self.events.append(LogReport(data, became_text))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         if self.recording:
-            self.events.append(("logfinish", nodeid, location))
+            self.events.append(LogFinish(nodeid, location))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_warning_recorded(
@@ -107,7 +111,7 @@ class _EventRecorder:
         )
         self.events.append(event)
 
-    def take(self) -> list[tuple[Any, ...]]:
+    def take(self) -> list[Event]:
         events, self.events = self.events, []
         return events
 
@@ -131,7 +135,6 @@ def run_worker(
     session: pytest.Session,
     commands: MessageChannel,
     results: MessageChannel,
-    finish: Any,
     output: CaptureFiles | None = None,
     coverage: WorkerCoverage | None = None,
 ) -> None:
@@ -167,7 +170,9 @@ def run_worker(
         _loop(session, commands, results, recorder)
         if coverage is not None:
             coverage.save_this_worker()
-        results.send((BYE, finish(config)))
+        workeroutput: dict[str, Any] = {}
+        config.hook.pytest_par_worker_finished(config=config, workeroutput=workeroutput)
+        results.send(Bye(workeroutput))
     except BaseException:  # say what broke, then leave without running the parent's cleanup
         code = 70
         traceback.print_exc()
@@ -208,7 +213,7 @@ def _record_suite_properties(config: pytest.Config, recorder: _EventRecorder) ->
     if xml is not None:
 
         def add_global_property(name: str, value: object) -> None:
-            recorder.events.append(("suite property", name, value))
+            recorder.events.append(SuiteProperty(name, value))
 
         xml.add_global_property = add_global_property  # type: ignore[method-assign]
 
@@ -277,14 +282,14 @@ def _loop(
         # pytest needs the next item to know which fixtures to keep: run an item only once
         # the one after it is known, or once no more work will come.
         while not ended and (len(queue) < 2 or commands.poll()):
-            command, *arguments = commands.recv()
-            if command == RUN:
-                queue.extend(arguments[0])
-            elif command == END:
-                ended = True
-            elif command == STOP:
-                queue.clear()
-                ended = True
+            match commands.recv():
+                case Run(indices):
+                    queue.extend(indices)
+                case End():
+                    ended = True
+                case Stop():
+                    queue.clear()
+                    ended = True
         if not queue:
             break
         index = queue.popleft()
@@ -292,11 +297,11 @@ def _loop(
         try:
             items[index].config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
         except pytest.exit.Exception as stop:
-            results.send((STOPPED, index, ("exit", stop.msg, stop.returncode)))
+            results.send(Exited(index, stop.msg, stop.returncode))
             break
         except KeyboardInterrupt:
-            results.send((STOPPED, index, ("interrupt",)))
+            results.send(Interrupted(index))
             break
-        results.send((ITEM, index, recorder.take()))
+        results.send(ItemDone(index, recorder.take()))
     # After a stop, fixtures of wider scopes may still be set up: finalize them.
     setup_state(session).teardown_exact(None)
