@@ -53,6 +53,23 @@ def ensure_pytest84() -> Path:
     return python
 
 
+def ensure_plugins() -> Path:
+    """An environment with popular plugins (tests/test_parallel_plugins.py runs them with and
+    without --par); kept apart so that they do not load into every other test's pytest."""
+    python = ROOT / ".venv-plugins" / BIN.name / PYTHON.name
+    plugins = "pytest==9.2.0 pytest-xdist==3.8.0 syrupy==7.0.1 pytest-django==4.14.0 "
+    plugins += "django==5.2.19 pytest-benchmark==5.3.1 hypothesis==6.170.15"
+    stamp = python.parent.parent / "pytest-memo-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + plugins.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == wanted and python.exists():
+        return python
+    if not python.exists():
+        venv.create(python.parent.parent, with_pip=True)
+    _run(python, "-m", "pip", "install", "--quiet", "-e", ".", *plugins.split())
+    stamp.write_text(wanted)
+    return python
+
+
 def demo() -> int:
     """Run the example suite twice: cold (fixtures computed) then warm (loaded from the store)."""
     pytest = (PYTHON, "-m", "pytest", "examples", "-q", "-p", "no:cacheprovider")
@@ -70,6 +87,7 @@ def test() -> int:
     _run(PYTHON, "-m", "ruff", "format", "--check", ".")
     _run(PYTHON, "-m", "mypy")
     env = {**os.environ, "PYTEST_MEMO_PYTEST84_PYTHON": str(ensure_pytest84())}
+    env["PYTEST_MEMO_PLUGINS_PYTHON"] = str(ensure_plugins())
     return _run(PYTHON, "-m", "pytest", "-n", "2", *sys.argv[2:], check=False, env=env)
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "set_writer_stream",
     "setup_state",
     "terminal_writer",
+    "unconfigure",
     "wrap_session",
     "writer_stream",
     "xml_key",
@@ -179,3 +180,8 @@ PYTEST_PER_RUN_FIXTURES = (
     "record_xml_attribute",
     "cache",
 )
+
+
+def unconfigure(config: pytest.Config) -> None:
+    """Call ``pytest_unconfigure`` and the config's clean-ups, once (as pytest's main does)."""
+    config._ensure_unconfigure()

@@ -3,7 +3,6 @@ the work is done in ``fixture_memo`` and ``store``, which know nothing of these 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -21,7 +20,7 @@ from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_director
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
 # What pytest-xdist's main process tells its workers (workerinput), and this plugin's key
-# in what they send back (workeroutput, and --par workers' too).
+# in what they send back (workeroutput); --par workers speak the same protocol.
 WORKER_STARTED = "pytest_memo_started"
 WORKER_STORE_UNUSABLE = "pytest_memo_unusable"
 WORKER_OUTPUT = "pytest_memo"
@@ -280,7 +279,7 @@ def _display_path(path: Path, rootdir: Path) -> str:
         return str(path)
 
 
-# pytest-xdist hooks (optional: they exist only when pytest-xdist is installed).
+# pytest-xdist's hooks (optional: without pytest-xdist, only --par runs add their specs).
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -298,27 +297,5 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_testnodedown(node: Any, error: object) -> None:
     memo = node.config.stash.get(MEMO, None)
     counts = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
-    if memo is not None and counts:
-        memo.stats.merge(counts)
-
-
-# The parallel runner's workers (see pytest_memo.parallel.hookspecs) report like xdist's.
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_par_worker_finished(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
-    """In a --par worker about to exit: save index updates, send this worker's counts."""
-    memo = config.stash.get(MEMO, None)
-    if memo is None or memo.store is None:
-        return
-    with contextlib.suppress(OSError):  # the counts still reach the summary
-        memo.store.flush()
-    workeroutput[WORKER_OUTPUT] = memo.stats.as_dict()
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_par_worker_output(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
-    memo = config.stash.get(MEMO, None)
-    counts = workeroutput.get(WORKER_OUTPUT)
     if memo is not None and counts:
         memo.stats.merge(counts)

@@ -18,10 +18,12 @@ from collections.abc import Sequence
 import pytest
 
 from pytest_memo.parallel.channel import Readiness
+from pytest_memo.parallel.nodes import Nodes, WorkerNode
 from pytest_memo.parallel.output import HeldOutput, held_terminal_output
 from pytest_memo.parallel.processes import WorkerProcess, fork_worker
 from pytest_memo.parallel.protocol import (
     Bye,
+    Configure,
     End,
     Event,
     Exited,
@@ -71,6 +73,9 @@ class Controller:
         self.spawner = (
             SpawnedWorkers(session.config, session.items, self.coverage) if spawn else None
         )
+        # pytest-xdist's view of the workers, for plugins: config.workerinput and the rest.
+        self.nodes = Nodes(session.config, workers)
+        self.node_of: dict[WorkerProcess, WorkerNode] = {}
 
     # -- main loop ------------------------------------------------------------
 
@@ -189,27 +194,43 @@ class Controller:
                 self.stopped_by = message
                 self.scheduler.drop(worker)  # the stopping test, and those it would run next
                 self._stop_all()
-            case Bye(workeroutput):
+            case Bye(workeroutput, error):
                 worker.said_bye = True
-                self.config.hook.pytest_par_worker_output(
-                    config=self.config, workeroutput=workeroutput
-                )
+                if error is not None:
+                    self._report_worker_error(self.node_of[worker], error)
+                self.nodes.finished(self.node_of[worker], workeroutput)
 
     # -- workers --------------------------------------------------------------
 
     def _start_workers(self, count: int) -> None:
         if self.spawner is None:
             for _ in range(count):
+                node = self.nodes.new()
                 # Each starts on its first batch while the next one is forked.
                 worker = fork_worker(
                     self.session, self.workers, self.coverage, self.readiness.close, self._add
                 )
+                self._configure(worker, node)
                 self._top_up(worker)
             return
-        for process, connection, output in self.spawner.start(count):
-            self._add(
-                WorkerProcess(process.pid, connection, connection, process=process, output=output)
+        started = self.spawner.start([self.nodes.new() for _ in range(count)])
+        for process, connection, output, node in started:
+            worker = WorkerProcess(
+                process.pid, connection, connection, process=process, output=output
             )
+            self._add(worker)
+            self._configure(worker, node)
+
+    def _configure(self, worker: WorkerProcess, node: WorkerNode) -> None:
+        self.node_of[worker] = node
+        worker.send(Configure(node.workerinput))
+
+    def _report_worker_error(self, node: WorkerNode, error: str) -> None:
+        """A plugin failed in a worker's pytest_sessionfinish: say so, as pytest would."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in f"worker {node.gateway.id}: {error}".rstrip().splitlines():
+                reporter.write_line(f"INTERNALERROR> {line}", red=True)
 
     def _add(self, worker: WorkerProcess) -> None:
         self.workers.append(worker)
@@ -227,6 +248,8 @@ class Controller:
         if crashed and held:
             self._report_crash(held[0], worker, status)
             self.scheduler.requeue(held[1:])
+        if crashed and worker in self.node_of:
+            self.nodes.down(self.node_of[worker], f"worker process {status}")
         worker.close_output()
         if crashed and self.scheduler.pending and not self.stopping:
             self._start_workers(1)

@@ -1,10 +1,9 @@
-"""Hooks of the parallel runner, for other plugins (pytest-memo's own memo plugin among
-them) to take part in a ``--par`` run of process workers.
+"""pytest-xdist's hooks about workers, for runs without pytest-xdist.
 
-Registered by ``pytest_memo.parallel.plugin`` in ``pytest_addhooks``.  Implementations
-in plugins that may run without this one mark themselves ``optionalhook=True``.  Like
-pytest-xdist's ``workeroutput``, each plugin keeps its part of the dict under a key of
-its own.
+``--par`` calls them as xdist does (see ``pytest_memo.parallel.nodes``), so plugins
+written for xdist gather what workers did unchanged.  With pytest-xdist installed its own
+specs serve; these are added only when it is not loaded.  The same signatures as
+``xdist.newhooks``.
 """
 
 from __future__ import annotations
@@ -15,13 +14,13 @@ import pytest
 
 
 @pytest.hookspec
-def pytest_par_worker_finished(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
-    """In a worker process that ran its last test and is about to exit (it runs no
-    ``pytest_sessionfinish``): finish what the worker did, and put what the main process
-    should know under the plugin's key in ``workeroutput``; values must be picklable."""
+def pytest_configure_node(node: Any) -> None:
+    """In the main process, before a worker starts: ``node.workerinput`` is the dict the
+    worker will have as ``config.workerinput``."""
 
 
 @pytest.hookspec
-def pytest_par_worker_output(config: pytest.Config, workeroutput: dict[str, Any]) -> None:
-    """In the main process, once per worker that exited normally, with the
-    ``workeroutput`` that ``pytest_par_worker_finished`` filled there."""
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the main process, when a worker is gone: ``node.workeroutput`` is what it put
+    in ``config.workeroutput`` during its ``pytest_sessionfinish`` (``error`` is None),
+    absent if it crashed (``error`` says how)."""

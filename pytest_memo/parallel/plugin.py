@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_memo.core.cpus import usable_cpus
-from pytest_memo.parallel import schedule, spawn
+from pytest_memo.parallel import nodes, schedule, spawn
 from pytest_memo.timing.plugin import recorded_durations
 
 THREAD_LIMIT_VARIABLES = (
@@ -32,12 +32,6 @@ def _workers(text: str) -> int:
     if value < 0:
         raise pytest.UsageError(f"--par takes a number of workers or 'auto', got {text!r}")
     return value
-
-
-def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from pytest_memo.parallel import hookspecs
-
-    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -104,6 +98,30 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             os.environ.setdefault(variable, threads)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if worker_count(session.config) > 1:
+        _disable_benchmarks(session.config)
+
+
+def _disable_benchmarks(config: pytest.Config) -> None:
+    """pytest-benchmark disables itself, and says so, when it sees pytest-xdist distribute
+    tests (``--dist``, which ``--par`` leaves alone: xdist would start its own workers),
+    as timings taken next to other workers mean little: the same, for ``--par``.
+    (Spawned workers have xdist's ``PYTEST_XDIST_WORKER``, which it reads itself.)"""
+    benchmarks = config.pluginmanager.get_plugin("pytest-benchmark")
+    if benchmarks is None or not hasattr(benchmarks, "xdist_warning"):
+        return
+    if benchmarks.disabled or benchmarks.skip:
+        return
+    if benchmarks.only:
+        raise pytest.UsageError(
+            "--benchmark-only: benchmarks cannot run with --par (pytest-benchmark disables "
+            "them when tests run in parallel); run them with --par=0"
+        )
+    benchmarks.xdist_warning = True  # its warning at the end, as under pytest-xdist
+    benchmarks.disabled = True
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Here, not when the run starts: warnings of collection time reach the summary.
     if worker_count(session.config) > 1 and _mode(session.config) == "thread":
@@ -114,6 +132,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: in --par thread mode, run this test alone")
+    nodes.register_fixtures(config)
     workers = worker_count(config)
     if workers <= 1:
         return
@@ -139,6 +158,15 @@ def _needs_serial_run(config: pytest.Config) -> str | None:
     if any(config.getoption(name, False) for name in ("setupshow", "setuponly", "setupplan")):
         return (
             "--setup-show, --setup-only and --setup-plan list fixtures as one process sets them up"
+        )
+    if (
+        config.pluginmanager.has_plugin("syrupy")
+        and not config.pluginmanager.has_plugin("xdist")
+        and _mode(config) == "process"
+    ):
+        return (
+            "syrupy gathers what its workers did only where pytest-xdist is installed "
+            "(without it, --snapshot-update would delete snapshots that other workers used)"
         )
     return None
 

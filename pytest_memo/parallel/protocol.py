@@ -5,9 +5,10 @@ them with ``match`` statements.  They are NamedTuples: as cheap to build and pic
 plain tuples (a run of 2000 quick tests sends about as many of each), and, being tuples,
 accepted where code still expects the tuples they replace.
 
-Controller -> worker: ``Run``, ``End``, ``Stop``.  Worker -> controller: ``Hello`` (a
-spawned worker, first), then ``ItemDone`` per item, ``Exited`` or ``Interrupted`` if a
-test stopped the run, ``Bye`` before a normal exit.  An ``ItemDone`` carries the item's
+Controller -> worker: ``Configure`` (first), ``Run``, ``End``, ``Stop``.  Worker ->
+controller: ``Hello`` (a spawned worker, first), then ``ItemDone`` per item, ``Exited``
+or ``Interrupted`` if a test stopped the run, ``Bye`` after the worker's
+``pytest_sessionfinish``.  An ``ItemDone`` carries the item's
 events, which the main process replays through its hooks (see ``replay``).
 """
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Bye",
+    "Configure",
     "End",
     "Event",
     "Exited",
@@ -84,6 +86,12 @@ Event = LogStart | LogReport | LogFinish | WarningEvent | SuiteProperty
 # -- controller -> worker ----------------------------------------------------------------
 
 
+class Configure(NamedTuple):
+    """The worker's ``config.workerinput`` (pytest-xdist's), the first message it gets."""
+
+    workerinput: dict[str, Any]
+
+
 class Run(NamedTuple):
     """Append these item indices to the worker's queue."""
 
@@ -98,7 +106,7 @@ class Stop(NamedTuple):
     """Stop once the current item is done (-x, --maxfail)."""
 
 
-ToWorker = Run | End | Stop
+ToWorker = Configure | Run | End | Stop
 
 # -- worker -> controller ----------------------------------------------------------------
 
@@ -134,9 +142,11 @@ class Interrupted(NamedTuple):
 
 
 class Bye(NamedTuple):
-    """The worker is exiting normally; what plugins gave ``pytest_par_worker_finished``."""
+    """The worker ran ``pytest_sessionfinish`` and is exiting: the ``config.workeroutput``
+    that plugins filled there (pytest-xdist's); ``error``: a plugin's exception there."""
 
     workeroutput: dict[str, Any]
+    error: str | None = None
 
 
 FromWorker = ItemDone | Exited | Interrupted | Bye

@@ -27,6 +27,7 @@ from pytest_memo.parallel.protocol import Hello
 if TYPE_CHECKING:  # imported where used: every pytest run imports this module
     from multiprocessing.connection import Connection
 
+    from pytest_memo.parallel.nodes import WorkerNode
     from pytest_memo.parallel.worker import CaptureFiles
     from pytest_memo.parallel.worker_coverage import WorkerCoverage
 
@@ -84,11 +85,15 @@ class SpawnedWorkers:
             self._captures = tempfile.mkdtemp(prefix="pytest-memo-par-")
 
     def start(
-        self, count: int
-    ) -> list[tuple[subprocess.Popen[bytes], Connection, CaptureFiles | None]]:
-        processes, outputs = [], {}
-        for _ in range(count):
+        self, nodes: Sequence[WorkerNode]
+    ) -> list[tuple[subprocess.Popen[bytes], Connection, CaptureFiles | None, WorkerNode]]:
+        """Start a worker per node; each has the node's workerinput from the start."""
+        from pytest_memo.parallel.nodes import spawned_worker_environment
+
+        processes, outputs, node_of = [], {}, {}
+        for node in nodes:
             environment, output = self._environment, self._capture_files()
+            environment = {**environment, **spawned_worker_environment(node.workerinput)}
             if output is not None:
                 paths = os.pathsep.join(file.name for file in output)
                 environment = {**environment, OUTPUT_VARIABLE: paths}
@@ -97,6 +102,7 @@ class SpawnedWorkers:
             )
             processes.append(process)
             outputs[process.pid] = output
+            node_of[process.pid] = node
         by_pid = {process.pid: process for process in processes}
         started = []
         for _ in processes:
@@ -111,7 +117,7 @@ class SpawnedWorkers:
                     "collection must give the same test ids every time (check for random or "
                     "time-dependent parametrization)"
                 )
-            started.append((by_pid[hello.pid], connection, outputs[hello.pid]))
+            started.append((by_pid[hello.pid], connection, outputs[hello.pid], node_of[hello.pid]))
         return started
 
     def _worker_command(self) -> list[str]:
@@ -174,4 +180,4 @@ def serve(session: pytest.Session) -> None:
         from pytest_memo.parallel.worker_coverage import WorkerCoverage
 
         coverage = WorkerCoverage.of_this_process(Path(os.environ.pop(COVERAGE_VARIABLE)))
-    run_worker(session, connection, connection, output, coverage)  # never returns
+    run_worker(session, connection, connection, output, coverage, forked=False)  # never returns

@@ -2,7 +2,10 @@
 
 A worker runs pytest's own ``pytest_runtest_protocol`` for each item and sends back, per
 item, the serialized reports and warnings that its hooks produced; the controller
-replays them through the hooks of the main process.  Nothing is printed here.
+replays them through the hooks of the main process.  Nothing is printed here.  Like a
+pytest-xdist worker, it has ``config.workerinput``, and ends its session with
+``pytest_sessionfinish``, after which it sends ``config.workeroutput`` back, and
+``pytest_unconfigure`` (see ``pytest_memo.parallel.nodes``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_memo.parallel.nodes import become_worker
 from pytest_memo.parallel.protocol import (
     Bye,
+    Configure,
     End,
     Event,
     Exited,
@@ -37,7 +42,10 @@ from pytest_memo.pytest_compat import (
     FDCapture,
     TerminalWriter,
     global_capturing,
+    set_writer_stream,
     setup_state,
+    terminal_writer,
+    unconfigure,
     xml_key,
 )
 
@@ -55,8 +63,15 @@ def keeps_crash_output(config: pytest.Config) -> bool:
     return bool(config.getoption("capture", "fd") == "fd")
 
 
-# Plugins whose work belongs to the main process only: they print or write files.
-MAIN_ONLY_PLUGINS = ("terminalreporter", "junitxml", "resultlog", "pastebin")
+# Plugins whose work belongs to the main process only: they print or write files.  (A
+# forked worker inherits them configured as for the main process, so that plugins which
+# leave themselves out of pytest-xdist workers, junitxml's writer among them, are there.)
+MAIN_ONLY_PLUGINS = (
+    "terminalprogress-plugin",
+    "junitxml",
+    "resultlog",
+    "pastebin",
+)
 
 
 RECORDER = "pytest_memo.parallel.recorder"
@@ -74,6 +89,7 @@ class _EventRecorder:
         self.config = config
         self.events: list[Event] = []
         self.recording = False  # set in workers
+        self.failed = False  # a test failed: the exit status of the worker's session
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
@@ -84,6 +100,11 @@ class _EventRecorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.recording:
             hook = self.config.hook
+            # Outcomes are decided here, where plugins counted what decides them: pytest's
+            # subtests fail a test whose subtests failed, in this hook, called by the
+            # terminal reporter in a serial run.
+            hook.pytest_report_teststatus(report=report, config=self.config)
+            self.failed = self.failed or report.failed
             data = hook.pytest_report_to_serializable(config=self.config, report=report)
             # A representation with no one-line crash message (a doctest's, some plugins')
             # travels as text; the flag keeps the short summary from showing it as one.
@@ -137,8 +158,9 @@ def run_worker(
     results: MessageChannel,
     output: CaptureFiles | None = None,
     coverage: WorkerCoverage | None = None,
+    forked: bool = True,
 ) -> None:
-    """Entry point in the forked child; never returns.
+    """Entry point in the forked child (or spawned worker, ``forked`` False); never returns.
 
     ``output``: files, open in the controller too, to capture stdout and stderr into.
     ``coverage``: coverage.py's measurement, to record this worker's part of.
@@ -156,6 +178,16 @@ def run_worker(
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
+        xml = config.stash.get(xml_key, None)  # junitxml's writer
+        if xml is not None and config.pluginmanager.is_registered(xml):
+            config.pluginmanager.unregister(xml)
+        # The terminal reporter stays, silent: plugins attach what they show in the main
+        # process's summary to reports only where they find one (Hypothesis' statistics),
+        # as in pytest-xdist's workers.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            _silence(config, reporter)
+            set_writer_stream(terminal_writer(reporter), _CurrentStdout())
         # Plugins that write to the terminal from inside a test (pytest-timeout's stack
         # dump) write to the test's captured output, which its report carries back.
         writer = TerminalWriter(_CurrentStdout())  # type: ignore[arg-type]
@@ -165,14 +197,15 @@ def run_worker(
         recorder.recording = True
         _leave_reporting_to_the_main_process(config, recorder)
         _record_suite_properties(config, recorder)
+        match commands.recv():
+            case Configure(workerinput):
+                become_worker(config, workerinput)
         if coverage is not None:
             coverage.record_this_worker()
-        _loop(session, commands, results, recorder)
+        status = _loop(session, commands, results, recorder)
         if coverage is not None:
             coverage.save_this_worker()
-        workeroutput: dict[str, Any] = {}
-        config.hook.pytest_par_worker_finished(config=config, workeroutput=workeroutput)
-        results.send(Bye(workeroutput))
+        _finish_session(session, results, status, forked)
     except BaseException:  # say what broke, then leave without running the parent's cleanup
         code = 70
         traceback.print_exc()
@@ -196,14 +229,25 @@ REPLAYED_HOOKS = (
 def _leave_reporting_to_the_main_process(config: pytest.Config, recorder: object) -> None:
     for name in REPLAYED_HOOKS:
         for implementation in getattr(config.hook, name).get_hookimpls():
-            if implementation.plugin is recorder:
-                continue
-            if implementation.wrapper:
-                implementation.function = _pass_through
-            elif implementation.hookwrapper:
-                implementation.function = _old_style_pass_through
-            else:
-                implementation.function = _ignore
+            if implementation.plugin is not recorder:
+                _disable(implementation)
+
+
+def _silence(config: pytest.Config, plugin: object) -> None:
+    """Leave ``plugin`` registered, its hook implementations doing nothing."""
+    for caller in config.pluginmanager.get_hookcallers(plugin) or ():
+        for implementation in caller.get_hookimpls():
+            if implementation.plugin is plugin:
+                _disable(implementation)
+
+
+def _disable(implementation: Any) -> None:
+    if implementation.wrapper:
+        implementation.function = _pass_through
+    elif implementation.hookwrapper:
+        implementation.function = _old_style_pass_through
+    else:
+        implementation.function = _ignore
 
 
 def _record_suite_properties(config: pytest.Config, recorder: _EventRecorder) -> None:
@@ -216,6 +260,42 @@ def _record_suite_properties(config: pytest.Config, recorder: _EventRecorder) ->
             recorder.events.append(SuiteProperty(name, value))
 
         xml.add_global_property = add_global_property  # type: ignore[method-assign]
+
+
+def _finish_session(
+    session: pytest.Session, results: MessageChannel, status: int, forked: bool
+) -> None:
+    """End the session as a pytest-xdist worker does: ``pytest_sessionfinish``, then
+    ``config.workeroutput`` to the main process, then ``pytest_unconfigure``."""
+    config = session.config
+    workeroutput: dict[str, Any] = config.workeroutput  # type: ignore[attr-defined]
+    workeroutput["exitstatus"] = int(status)
+    workeroutput["shouldfail"] = session.shouldfail
+    workeroutput["shouldstop"] = session.shouldstop
+    if forked:
+        # A forked worker shares the main process's base temporary directory (made before
+        # the fork), which pytest's clean-up at the end of a session would remove.
+        _skip_hook(config, "pytest_sessionfinish", config.pluginmanager.get_plugin("tmpdir"))
+    # What plugins print at the end of a worker's session (pytest-benchmark's notice that
+    # it is disabled) is the main process's to say, once: captured here, and dropped
+    # before pytest's clean-up would write it out (clean-ups run last added, first).
+    capture = global_capturing(config.pluginmanager.get_plugin("capturemanager"))
+    if capture is not None:
+        capture.resume_capturing()
+        config.add_cleanup(capture.readouterr)
+    error = None
+    try:
+        config.hook.pytest_sessionfinish(session=session, exitstatus=status)
+    except Exception:  # a plugin's: the main process says so
+        error = traceback.format_exc()
+    results.send(Bye(workeroutput, error))
+    unconfigure(config)
+
+
+def _skip_hook(config: pytest.Config, name: str, plugin: object) -> None:
+    for implementation in getattr(config.hook, name).get_hookimpls():
+        if plugin is not None and implementation.plugin is plugin:
+            implementation.function = _ignore
 
 
 def _ignore(*arguments: object) -> None:
@@ -274,7 +354,9 @@ def _loop(
     commands: MessageChannel,
     results: MessageChannel,
     recorder: _EventRecorder,
-) -> None:
+) -> int:
+    """Run the items the controller sends; the exit status of this worker's session."""
+    status: int = pytest.ExitCode.OK
     items = session.items
     queue: deque[int] = deque()
     ended = False
@@ -298,10 +380,15 @@ def _loop(
             items[index].config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
         except pytest.exit.Exception as stop:
             results.send(Exited(index, stop.msg, stop.returncode))
+            status = pytest.ExitCode.INTERRUPTED if stop.returncode is None else stop.returncode
             break
         except KeyboardInterrupt:
             results.send(Interrupted(index))
+            status = pytest.ExitCode.INTERRUPTED
             break
         results.send(ItemDone(index, recorder.take()))
     # After a stop, fixtures of wider scopes may still be set up: finalize them.
     setup_state(session).teardown_exact(None)
+    if status == pytest.ExitCode.OK and recorder.failed:
+        status = pytest.ExitCode.TESTS_FAILED
+    return status

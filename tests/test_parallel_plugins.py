@@ -1,0 +1,432 @@
+"""Plugins written for pytest-xdist, unchanged under --par: its plugin-facing protocol
+(``config.workerinput``, ``workeroutput``, ``pytest_configure_node``,
+``pytest_testnodedown``, the ``worker_id`` and ``testrun_uid`` fixtures, its variables),
+and real plugins run serially and with ``--par=2``, outcomes and files compared.
+
+The first part runs in this environment, with pytest-xdist and with ``-p no:xdist``.  The
+second needs popular plugins (syrupy, pytest-django, pytest-benchmark, Hypothesis),
+installed apart so that they do not load into every other test's pytest: ``python3
+tasks.py test`` builds ``.venv-plugins`` and names its python in
+``PYTEST_MEMO_PLUGINS_PYTHON``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
+STARTS = {"fork": ("--par=2",), "spawn": ("--par=2", "--par-start=spawn")}
+
+
+@pytest.fixture(autouse=True)
+def outside_xdist_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs here are not pytest-xdist workers, even when this suite's runs are."""
+    for name in ("WORKER", "WORKER_COUNT", "TESTRUNUID"):
+        monkeypatch.delenv(f"PYTEST_XDIST_{name}", raising=False)
+
+
+def nodes_down(pytester: pytest.Pytester) -> list[list[object]]:
+    """What XDIST_CONFTEST's pytest_testnodedown saw: [node id, error, workeroutput]."""
+    lines = (pytester.path / "nodes-down.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+# -- pytest-xdist's protocol -------------------------------------------------------------
+
+XDIST_CONFTEST = """
+import json, os, pytest
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput["from_main"] = "given to " + node.gateway.id
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    with open("nodes-down.jsonl", "a") as down:
+        output = getattr(node, "workeroutput", None)
+        down.write(json.dumps([node.gateway.id, error, output], default=repr) + "\\n")
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["finished"] = session.config.workerinput["from_main"]
+
+def pytest_unconfigure(config):
+    if hasattr(config, "workerinput"):
+        open(f"unconfigured-{config.workerinput['workerid']}", "w").close()
+"""
+
+XDIST_TESTS = """
+import json, os, time, pytest
+
+@pytest.mark.parametrize("i", range(6))
+def test_sees_its_worker(i, request, worker_id, testrun_uid):
+    time.sleep(0.05)
+    workerinput = request.config.workerinput
+    seen = {
+        "worker_id": worker_id,
+        "testrun_uid": testrun_uid,
+        "workerinput": {
+            key: workerinput[key]
+            for key in ("workerid", "workercount", "testrunuid", "from_main")
+        },
+        "variables": [
+            os.environ.get(f"PYTEST_XDIST_{name}")
+            for name in ("WORKER", "WORKER_COUNT", "TESTRUNUID")
+        ],
+    }
+    with open("seen.jsonl", "a") as file:
+        file.write(json.dumps(seen) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("xdist", ["with xdist", "without xdist"])
+@pytest.mark.parametrize("start", STARTS)
+def test_workers_speak_xdists_protocol(pytester: pytest.Pytester, start: str, xdist: str) -> None:
+    pytester.makeconftest(XDIST_CONFTEST)
+    pytester.makepyfile(test_xdist=XDIST_TESTS)
+    without = ("-p", "no:xdist") if xdist == "without xdist" else ()
+    result = pytester.runpytest_subprocess(*FLAGS, *without, *STARTS[start], timeout=120)
+    result.assert_outcomes(passed=6)
+    seen = [json.loads(line) for line in (pytester.path / "seen.jsonl").read_text().splitlines()]
+    uids = {entry["testrun_uid"] for entry in seen}
+    assert len(uids) == 1  # one run, the same id in every worker
+    for entry in seen:
+        worker = entry["worker_id"]
+        assert worker in ("gw0", "gw1")
+        assert entry["workerinput"] == {
+            "workerid": worker,
+            "workercount": 2,
+            "testrunuid": entry["testrun_uid"],
+            "from_main": f"given to {worker}",
+        }
+        assert entry["variables"] == [worker, "2", entry["testrun_uid"]]
+    # Each worker ran pytest_sessionfinish, sent its workeroutput, then ran unconfigure.
+    down = nodes_down(pytester)
+    assert sorted(node for node, _, _ in down) == ["gw0", "gw1"]
+    for node, error, output in down:
+        assert error is None
+        assert output["finished"] == f"given to {node}"
+        assert output["exitstatus"] == 0
+    assert sorted(path.name for path in pytester.path.glob("unconfigured-*")) == [
+        "unconfigured-gw0",
+        "unconfigured-gw1",
+    ]
+
+
+@pytest.mark.parametrize("xdist", ["with xdist", "without xdist"])
+@pytest.mark.parametrize(
+    "options", [(), ("--par=2", "--par-mode=thread")], ids=["serial", "thread"]
+)
+def test_one_process_is_the_master(
+    pytester: pytest.Pytester, options: tuple[str, ...], xdist: str
+) -> None:
+    """Without worker processes, as without xdist's: ``worker_id`` is "master"."""
+    pytester.makepyfile(
+        test_ids="""
+        import os, pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_master(i, request, worker_id, testrun_uid):
+            assert worker_id == "master"
+            assert len(testrun_uid) == 32
+            assert not hasattr(request.config, "workerinput")
+            assert "PYTEST_XDIST_WORKER" not in os.environ
+        """
+    )
+    without = ("-p", "no:xdist") if xdist == "without xdist" else ()
+    pytester.runpytest_subprocess(*FLAGS, *without, *options).assert_outcomes(passed=4)
+
+
+def test_a_crashed_worker_goes_down_with_an_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(XDIST_CONFTEST)
+    pytester.makepyfile(
+        test_crash="""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_quick(i):
+            time.sleep(0.05)
+
+        def test_crash():
+            os._exit(3)
+        """
+    )
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", timeout=120)
+    result.assert_outcomes(passed=4, failed=1)
+    down = nodes_down(pytester)
+    crashed = [(node, error) for node, error, output in down if output is None]
+    assert len(crashed) == 1
+    assert "exited with code 3" in crashed[0][1]
+    finished = [node for node, error, output in down if output is not None]
+    # Each worker went down once; one that replaces the crashed worker (if tests were
+    # left for it) has the next id, as in xdist.
+    assert len({node for node, _, _ in down}) == len(down)
+    assert set(finished) <= {"gw0", "gw1", "gw2"} - {crashed[0][0]}
+
+
+# -- subtests: a test whose subtests failed fails ------------------------------------------
+
+SUBTESTS = """
+import pytest
+
+def test_some_fail(subtests):
+    for i in range(3):
+        with subtests.test(i=i):
+            assert i != 1
+
+def test_one_fails(subtests):
+    with subtests.test("x"):
+        assert False
+    with subtests.test("y"):
+        pass
+
+@pytest.mark.parametrize("i", range(4))
+def test_plain(i):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    "options", [*STARTS.values(), ("--par=2", "--par-mode=thread")], ids=[*STARTS, "thread"]
+)
+def test_subtest_failures_fail_their_test(
+    pytester: pytest.Pytester, options: tuple[str, ...]
+) -> None:
+    if not hasattr(pytest, "Subtests"):
+        pytest.skip("subtests are built into pytest from 9.0 on")
+    pytester.makepyfile(test_sub=SUBTESTS)
+    serial = pytester.runpytest_subprocess(*FLAGS, "--junitxml=serial.xml")
+    assert serial.parseoutcomes()["failed"] == 4  # 2 subtests, and the 2 tests holding them
+    parallel = pytester.runpytest_subprocess(*FLAGS, *options, "--junitxml=par.xml", timeout=120)
+    assert parallel.parseoutcomes() == serial.parseoutcomes()
+    parallel.stdout.fnmatch_lines(["FAILED *test_some_fail - contains 1 failed subtest"])
+    for name in ("serial.xml", "par.xml"):
+        suite = ElementTree.parse(pytester.path / name).getroot().find("testsuite")
+        assert suite is not None
+        assert suite.get("failures") == "4", name
+
+
+# -- real plugins, in an environment of their own ------------------------------------------
+
+PLUGINS_VARIABLE = "PYTEST_MEMO_PLUGINS_PYTHON"
+
+
+@pytest.fixture
+def plugins_python() -> str:
+    """The python of ``.venv-plugins`` (``python3 tasks.py test`` builds it)."""
+    python = os.environ.get(PLUGINS_VARIABLE)
+    if not python:
+        message = (
+            f"set {PLUGINS_VARIABLE} to the python of an environment with the plugins of "
+            "tasks.py's ensure_plugins (python3 tasks.py test builds .venv-plugins)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    if not Path(python).exists():
+        pytest.fail(f"{PLUGINS_VARIABLE}={python}: no such interpreter")
+    return python
+
+
+class Runner:
+    def __init__(self, pytester: pytest.Pytester, python: str) -> None:
+        self.pytester = pytester
+        self.python = python
+
+    def __call__(self, *options: str) -> pytest.RunResult:
+        return self.pytester.run(
+            self.python, "-m", "pytest", "-p", "no:cacheprovider", *options, timeout=300
+        )
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, plugins_python: str) -> Runner:
+    return Runner(pytester, plugins_python)
+
+
+def snapshot_tests(pytester: pytest.Pytester, modules: int) -> None:
+    for module in range(modules):
+        pytester.makepyfile(
+            **{
+                f"test_snap{module}": f"""
+                def test_dict(snapshot):
+                    assert snapshot == {{"module": {module}}}
+
+                def test_list(snapshot):
+                    assert snapshot == [{module}, "b"]
+                """
+            }
+        )
+
+
+def snapshot_files(pytester: pytest.Pytester) -> dict[str, str]:
+    directory = pytester.path / "__snapshots__"
+    return {path.name: path.read_text() for path in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_syrupy_writes_checks_and_deletes_as_a_serial_run(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    snapshot_tests(pytester, modules=4)
+    serial = run("--snapshot-update")
+    serial.stdout.fnmatch_lines(["*8 snapshots generated*"])
+    expected = snapshot_files(pytester)
+    for path in (pytester.path / "__snapshots__").iterdir():
+        path.unlink()
+    parallel = run("--snapshot-update", *STARTS[start])
+    parallel.stdout.fnmatch_lines(["*8 snapshots generated*"])
+    assert parallel.ret == 0
+    assert snapshot_files(pytester) == expected  # no lock files left, nothing missing
+    # Updating existing snapshots deletes none of them; checking them passes.
+    updated = run("--snapshot-update", *STARTS[start])
+    assert "deleted" not in updated.stdout.str().lower()
+    assert snapshot_files(pytester) == expected
+    check = run(*STARTS[start])
+    check.stdout.fnmatch_lines(["*8 snapshots passed*"])
+    assert check.ret == 0
+    # A test removed: its snapshots, and only those, are deleted.
+    (pytester.path / "test_snap3.py").unlink()
+    pruned = run("--snapshot-update", *STARTS[start])
+    pruned.stdout.fnmatch_lines(["*2 unused snapshots deleted*"])
+    del expected["test_snap3.ambr"]
+    assert snapshot_files(pytester) == expected
+
+
+def test_syrupy_without_xdist_runs_serially(pytester: pytest.Pytester, run: Runner) -> None:
+    """syrupy gathers its workers' reports only where pytest-xdist is installed: without
+    it, the main process would think every snapshot unused, and delete them."""
+    snapshot_tests(pytester, modules=2)
+    run("--snapshot-update").stdout.fnmatch_lines(["*4 snapshots generated*"])
+    expected = snapshot_files(pytester)
+    result = run("--snapshot-update", "--par=2", "-p", "no:xdist")
+    result.stdout.fnmatch_lines(["*--par: running serially, as syrupy gathers*"])
+    assert snapshot_files(pytester) == expected
+
+
+DJANGO_SETTINGS = """
+SECRET_KEY = "for tests"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": "db.sqlite3",
+        "TEST": {"NAME": "test_db.sqlite3"},
+    }
+}
+USE_TZ = True
+"""
+
+DJANGO_TEST = """
+import time
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+
+@pytest.mark.parametrize("i", range(3))
+def test_user(db, i):
+    User.objects.create(username=f"user{i}")
+    time.sleep(0.05)
+    assert User.objects.count() == 1
+    with open("databases.txt", "a") as file:
+        file.write(connection.settings_dict["NAME"] + "\\n")
+"""
+
+
+@pytest.mark.parametrize("reuse", [(), ("--reuse-db",)], ids=["new db", "reuse db"])
+@pytest.mark.parametrize("start", STARTS)
+def test_django_gives_each_worker_its_own_test_database(
+    pytester: pytest.Pytester, run: Runner, start: str, reuse: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(settings=DJANGO_SETTINGS)
+    pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = settings\npythonpath = .\n")
+    for module in range(2):
+        pytester.makepyfile(**{f"test_users{module}": DJANGO_TEST})
+    serial = run(*reuse)
+    serial.assert_outcomes(passed=6)
+    (pytester.path / "databases.txt").unlink()
+    for _ in range(2 if reuse else 1):  # --reuse-db: the second run finds the databases
+        parallel = run(*reuse, *STARTS[start])
+        parallel.assert_outcomes(passed=6)
+    used = set((pytester.path / "databases.txt").read_text().split())
+    assert used == {"test_db.sqlite3_gw0", "test_db.sqlite3_gw1"}
+    left = sorted(path.name for path in pytester.path.glob("test_db.sqlite3_gw*"))
+    assert left == (["test_db.sqlite3_gw0", "test_db.sqlite3_gw1"] if reuse else [])
+
+
+BENCHMARK = """
+def test_sum(benchmark):
+    assert benchmark(sum, range(100)) == 4950
+
+def test_plain():
+    pass
+"""
+DISABLED = "*Benchmarks are automatically disabled because xdist plugin is active*"
+
+
+@pytest.mark.parametrize(
+    "options", [*STARTS.values(), ("--par=2", "--par-mode=thread")], ids=[*STARTS, "thread"]
+)
+def test_benchmark_disables_itself_and_says_so(
+    pytester: pytest.Pytester, run: Runner, options: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_bench=BENCHMARK)
+    serial = run()
+    serial.assert_outcomes(passed=2)
+    serial.stdout.fnmatch_lines(["*benchmark: 1 tests*"])
+    parallel = run(*options)
+    parallel.assert_outcomes(passed=2)
+    assert "benchmark: 1 tests" not in parallel.stdout.str()  # not timed
+    output = parallel.stdout.str() + parallel.stderr.str()
+    assert len(re.findall("Benchmarks are automatically disabled", output)) == 1, output
+
+
+def test_benchmark_only_is_refused(pytester: pytest.Pytester, run: Runner) -> None:
+    pytester.makepyfile(test_bench=BENCHMARK)
+    result = run("--benchmark-only", "--par=2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--benchmark-only: benchmarks cannot run with --par*"])
+
+
+HYPOTHESIS = """
+from hypothesis import given, settings, strategies as st
+
+@settings(max_examples=10)
+@given(st.integers())
+def test_integers(x):
+    assert isinstance(x, int)
+
+@settings(max_examples=10)
+@given(st.text())
+def test_text(s):
+    assert isinstance(s, str)
+"""
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_hypothesis_statistics_reach_the_summary(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    pytester.makepyfile(test_props=HYPOTHESIS)
+    result = run("--hypothesis-show-statistics", *STARTS[start])
+    result.assert_outcomes(passed=2)
+    output = result.stdout.str()
+    section = output[output.index("Hypothesis Statistics") :]
+    for test in ("test_integers", "test_text"):
+        assert f"test_props.py::{test}:" in section
+    assert section.count("10 passing") == 2
+
+
+def test_xdist_style_conftest_with_the_plugins(pytester: pytest.Pytester, run: Runner) -> None:
+    """The protocol test's conftest, among the real plugins (and their xdist hooks)."""
+    pytester.makeconftest(XDIST_CONFTEST)
+    pytester.makepyfile(test_xdist=XDIST_TESTS)
+    run("--par=2").assert_outcomes(passed=6)
+    down = (pytester.path / "nodes-down.jsonl").read_text().split("\n")
+    assert len([line for line in down if line]) == 2
