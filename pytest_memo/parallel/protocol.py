@@ -32,6 +32,7 @@ __all__ = [
     "LogStart",
     "Run",
     "Stop",
+    "Strayed",
     "SuiteProperty",
     "ToWorker",
     "WarningEvent",
@@ -139,4 +140,12 @@ class Bye(NamedTuple):
     workeroutput: dict[str, Any]
 
 
-FromWorker = ItemDone | Exited | Interrupted | Bye
+class Strayed(NamedTuple):
+    """Process ``pid``, forked by the test ``item``, returned into pytest instead of
+    exiting (it sends this, and exits, before it runs anything more)."""
+
+    item: int
+    pid: int
+
+
+FromWorker = ItemDone | Exited | Interrupted | Bye | Strayed
