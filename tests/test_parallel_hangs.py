@@ -318,3 +318,40 @@ def test_a_forked_child_returning_into_pytest_is_reported(pytester: pytest.Pytes
         ["*test_forgets_to_exit: process *, which this test forked*returned into pytest*"]
     )
     result.assert_outcomes(passed=4, errors=1)
+
+
+CRASHES_ONCE = """
+import os
+
+def test_crashes_the_first_time():
+    if not os.path.exists("crashed.txt"):
+        open("crashed.txt", "w").close()
+        os._exit(3)
+
+def test_other():
+    pass
+"""
+
+
+def test_a_crashed_test_can_be_rerun_by_a_plugin(pytester: pytest.Pytester) -> None:
+    # pytest-xdist's pytest_handlecrashitem, as pytest-rerunfailures implements it.
+    pytest.importorskip("xdist")
+    pytester.makeconftest(
+        """
+        def pytest_handlecrashitem(crashitem, report, sched):
+            assert sched.config.getoption("par") == "2"
+            sched.mark_test_pending(crashitem)
+            report.outcome = "rerun"
+        """
+    )
+    pytester.makepyfile(test_crash=CRASHES_ONCE)
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", timeout=60)
+    assert result.parseoutcomes() == {"passed": 2, "rerun": 1}
+
+
+def test_pytest_rerunfailures_reruns_a_crashed_test(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("pytest_rerunfailures")
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_crash=CRASHES_ONCE)
+    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--reruns=1", timeout=60)
+    assert result.parseoutcomes() == {"passed": 2, "rerun": 1}

@@ -266,13 +266,15 @@ class Controller:
         status = worker.reap()
         self._report_finished()  # what it finished, before what it was running
         if crashed and held:
-            self._report_crash(held[0], worker, status)
-            self.scheduler.requeue(held[1:])
+            rerun = self._report_crash(held[0], worker, status)
+            self.scheduler.requeue(held if rerun else held[1:])
         worker.close_output()
         if crashed and self.scheduler.pending and not self.stopping:
             self._start_workers(1)
 
-    def _report_crash(self, index: int, worker: WorkerProcess, status: str) -> None:
+    def _report_crash(self, index: int, worker: WorkerProcess, status: str) -> bool:
+        """Report the test that ``worker`` was running when it died; whether a plugin
+        (pytest-rerunfailures) asks for it to run again."""
         item = self.session.items[index]
         elapsed = time.monotonic() - worker.started
         if worker.timed_out:
@@ -293,7 +295,13 @@ class Controller:
             sections=worker.output_so_far(),
             duration=elapsed,
         )
+        # pytest-xdist's hook, by which pytest-rerunfailures reruns a crashed test.
+        rerun = _CrashedTest(self.config, item.nodeid)
+        handle_crash = getattr(self.config.hook, "pytest_handlecrashitem", None)
+        if handle_crash is not None:
+            handle_crash(crashitem=item.nodeid, report=report, sched=rerun)
         replay(self.config, item_events(item, [report]))
+        return rerun.pending
 
     def _report_stray(self, index: int, pid: int) -> None:
         item = self.session.items[index]
@@ -345,6 +353,21 @@ class Controller:
             worker.reap()
             worker.close_output()
         self.workers.clear()
+
+
+class _CrashedTest:
+    """What pytest-xdist's ``pytest_handlecrashitem`` hook gets as ``sched``: the run's
+    config, and ``mark_test_pending`` to run the crashed test again."""
+
+    def __init__(self, config: pytest.Config, nodeid: str) -> None:
+        self.config = config
+        self.nodeid = nodeid
+        self.pending = False
+
+    def mark_test_pending(self, nodeid: str) -> None:
+        if nodeid != self.nodeid:
+            raise NotImplementedError("only the crashed test can be run again")
+        self.pending = True
 
 
 def _marked_timeouts(items: Sequence[pytest.Item]) -> dict[int, float | None]:

@@ -160,6 +160,7 @@ def run_worker(
         config.get_terminal_writer = lambda: writer  # type: ignore[method-assign]
         _own_capture_files(config, output)
         _dump_tracebacks_on_timeout(output)
+        _count_reruns_in_the_main_process(config)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
         _leave_reporting_to_the_main_process(config, recorder)
@@ -279,6 +280,22 @@ def _dump_tracebacks_on_timeout(output: CaptureFiles | None) -> None:
     if stream is None or DUMP_SIGNAL == signal.SIGTERM:
         return
     faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=True)
+
+
+def _count_reruns_in_the_main_process(config: pytest.Config) -> None:
+    """pytest-rerunfailures decides in the main process whether to rerun a test whose
+    worker crashed, from what workers tell its server there (as xdist workers do): a
+    forked worker inherited the server itself, so connect to it instead."""
+    server: Any = getattr(config, "failures_db", None)
+    if type(server).__name__ != "ServerStatusDB":
+        return
+    try:
+        import importlib
+
+        client = importlib.import_module("pytest_rerunfailures").ClientStatusDB
+        setattr(config, "failures_db", client(server.sock_port, server.token))  # noqa: B010
+    except Exception:  # another version: crashed tests are not rerun, as before
+        return
 
 
 def _stray(index: int, results: MessageChannel) -> None:
