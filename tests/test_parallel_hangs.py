@@ -355,3 +355,22 @@ def test_pytest_rerunfailures_reruns_a_crashed_test(pytester: pytest.Pytester) -
     pytester.makepyfile(test_crash=CRASHES_ONCE)
     result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--reruns=1", timeout=60)
     assert result.parseoutcomes() == {"passed": 2, "rerun": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "warnings"),
+    [
+        (
+            ("--par-timeout=5", "--par-start=spawn", "--par-mode=thread"),
+            ["--par-timeout=5.0 has no effect", "--par-start=spawn", "--par-mode=thread"],
+        ),
+        (("--par=2", "--par-mode=thread", "--par-dist=scope"), ["--par-dist=scope has no effect"]),
+    ],
+)
+def test_options_that_do_nothing_say_so(
+    pytester: pytest.Pytester, args: tuple[str, ...], warnings: list[str]
+) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    result = pytester.runpytest_subprocess(*FLAGS, *args, timeout=60)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines_random([f"*PytestConfigWarning: {text}*" for text in warnings])

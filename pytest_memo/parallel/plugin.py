@@ -115,6 +115,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: in --par thread mode, run this test alone")
     workers = worker_count(config)
+    _warn_of_idle_options(config, workers)
     if workers <= 1:
         return
     if getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no":
@@ -130,6 +131,35 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.par = "0"
         config.issue_config_time_warning(
             pytest.PytestWarning(f"--par: running serially, as {reason}"), stacklevel=2
+        )
+
+
+# Options of process workers, with their defaults: given otherwise, they do something
+# only with --par, and only in process mode (--par-mode only with --par).
+PROCESS_OPTIONS = {"par_dist": "load", "par_start": "auto", "par_timeout": None}
+
+
+def _warn_of_idle_options(config: pytest.Config, workers: int) -> None:
+    """Say which --par-* options given have no effect in this run."""
+    if spawn.is_spawned_worker():
+        return  # run with --par=0 and the main process's options: they are not idle there
+    given = {
+        name: value
+        for name, default in {"par_mode": None, **PROCESS_OPTIONS}.items()
+        if (value := config.getoption(name)) != default
+    }
+    if workers <= 1:
+        idle, why = list(given), "without --par=N (N > 1) the run is serial"
+    elif _mode(config) == "thread":
+        idle, why = [name for name in given if name in PROCESS_OPTIONS], "in thread mode"
+        idle = [name for name in idle if name != "par_timeout"]  # a usage error, below
+    else:
+        return
+    for name in idle:
+        option = "--" + name.replace("_", "-")
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(f"{option}={given[name]} has no effect: {why}"),
+            stacklevel=2,
         )
 
 
