@@ -374,3 +374,51 @@ def test_options_that_do_nothing_say_so(
     result = pytester.runpytest_subprocess(*FLAGS, *args, timeout=60)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines_random([f"*PytestConfigWarning: {text}*" for text in warnings])
+
+
+ONCE_PER_RUN = """
+import os, secrets, time, pytest, pytest_memo
+
+@pytest.fixture(scope="session")
+@pytest_memo.once_per_run
+def server(tmp_path_factory):
+    with open("setups.txt", "a") as file:
+        file.write(f"{os.getpid()}\\n")
+    yield {"token": secrets.token_hex(8), "base": str(tmp_path_factory.getbasetemp())}
+    with open("teardowns.txt", "a") as file:
+        file.write(f"{os.getpid()} after {len(open('used.txt').read().splitlines())} tests\\n")
+
+@pytest.fixture(scope="session")
+def ordinary():
+    return os.getpid()
+
+@pytest.mark.parametrize("i", range(8))
+def test_use(i, server, ordinary):
+    with open("used.txt", "a") as file:
+        file.write(f"{server['token']} {os.getpid()}\\n")
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--par=2",), ("--par=2", "--par-start=spawn"), ("--par=2", "--par-mode=thread")],
+    ids=["serial", "fork", "spawn", "thread"],
+)
+def test_a_once_per_run_fixture_is_set_up_once_for_all_workers(
+    pytester: pytest.Pytester, args: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_once=ONCE_PER_RUN)
+    result = pytester.runpytest_subprocess(*FLAGS, *args, timeout=60)
+    result.assert_outcomes(passed=8)
+    setups = (pytester.path / "setups.txt").read_text().split()
+    assert len(setups) == 1, setups
+    used = [line.split() for line in (pytester.path / "used.txt").read_text().splitlines()]
+    tokens = [token for token, _ in used]
+    assert len(tokens) == 8
+    if args and "--par-mode=thread" not in args:
+        # Set up in the main process, where no test ran.
+        assert setups[0] not in {pid for _, pid in used}
+    assert len(set(tokens)) == 1  # one value, the same in every worker
+    teardowns = (pytester.path / "teardowns.txt").read_text().splitlines()
+    assert teardowns == [f"{setups[0]} after 8 tests"]

@@ -199,6 +199,24 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         session.items, expected, keep_order=_order_is_given(config), workers=workers
     )
     _make_basetemp_once(session)
+    from pytest_memo.parallel.once import set_up_in_main_process
+
+    shared_fixtures_done = set_up_in_main_process(session)
+    try:
+        _run_in_parallel(session, workers, order, expected)
+    finally:
+        shared_fixtures_done()
+    if session.shouldfail:
+        raise session.Failed(session.shouldfail)
+    if session.shouldstop:
+        raise session.Interrupted(session.shouldstop)
+    return True
+
+
+def _run_in_parallel(
+    session: pytest.Session, workers: int, order: list[int], expected: list[float]
+) -> None:
+    config = session.config
     if _mode(config) == "thread":
         from pytest_memo.parallel.threads import ThreadRunner
 
@@ -223,11 +241,6 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
             expected=expected,
         )
         controller.run()
-    if session.shouldfail:
-        raise session.Failed(session.shouldfail)
-    if session.shouldstop:
-        raise session.Interrupted(session.shouldstop)
-    return True
 
 
 RAN_ALONE = pytest.StashKey[tuple[int, int]]()  # thread mode: (run alone, all tests)
