@@ -13,6 +13,7 @@ Raw buffer sections are byte-for-byte the array's memory, so they can be memory-
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -65,6 +66,20 @@ def _rebuild_array(
     return raw.view(dtype).reshape(shape, order=order)  # type: ignore[call-overload, no-any-return]
 
 
+def _rebuild_memoryview(array: np.ndarray[Any, Any], format: str, readonly: bool) -> memoryview:
+    """Inverse of the memoryview reduction below: a view of the same format, shape and
+    read-only-ness (over a new array: what it viewed in the dumping process is gone)."""
+    if readonly:
+        array.flags.writeable = False
+    elif not array.flags.writeable:  # read-only bytes kept in band, or a read-only map
+        array = array.copy()
+    view = memoryview(array.data)
+    if view.format != format:  # numpy spells some formats differently ("c" is "1s")
+        with contextlib.suppress(TypeError, ValueError):
+            view = view.cast("B").cast(format, array.shape)  # type: ignore[call-overload]
+    return view
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, with large arrays sent out of band whatever their layout or dtype."""
 
@@ -82,6 +97,10 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             buffer = pickle.PickleBuffer(raw)
             self._itemsizes[id(buffer)] = obj.dtype.itemsize
             return _rebuild_array, (buffer, obj.dtype, obj.shape, order)
+        if type(obj) is memoryview:
+            # pickle cannot store a memoryview and cloudpickle stores its bytes: keep the
+            # type, format, shape and read-only-ness, through an array (out of band if large).
+            return _rebuild_memoryview, (np.asarray(obj), obj.format, obj.readonly)
         if isinstance(obj, io.IOBase) and not isinstance(obj, io.BytesIO | io.StringIO):
             # cloudpickle would store a snapshot of an open file's text and load a
             # StringIO: another type, detached from the file. Refuse, as pickle does.
