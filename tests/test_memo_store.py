@@ -571,7 +571,7 @@ def test_xdist_workers_compute_a_missing_entry_once(suite: MemoSuite) -> None:
     assert saved >= 2.0
 
     # --memo-refresh recomputes once per run, not once per worker: the workers share
-    # the moment the run started.
+    # the run's identity.
     suite.run_subprocess("-n", "2", "--memo-refresh").assert_outcomes(passed=8)
     assert suite.calls() == ["shared", "shared"]
 

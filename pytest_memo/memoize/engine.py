@@ -38,7 +38,8 @@ class Lookup:
     source: str  # where the code is defined
     mmap: bool = False
     compress: object = None
-    stale_before: float | None = None  # --memo-refresh: entries written before are recomputed
+    run: str = ""  # the run computing it: stored in the entry's info
+    refresh: bool = False  # --memo-refresh: entries another run wrote are recomputed
 
 
 class Claim:
@@ -129,10 +130,6 @@ class Memoized:
         return store
 
     def _read(self, store: Store, lookup: Lookup) -> Entry | None:
-        if lookup.stale_before is not None and store.created_before(
-            lookup.key, lookup.stale_before
-        ):
-            return None
         try:
             entry = store.read(lookup.key, mmap=lookup.mmap)
         except CorruptFileError as error:
@@ -151,6 +148,10 @@ class Memoized:
             return None
         if entry is not None and entry.info.fixture != lookup.name:
             return None  # not ours: never serve another fixture's value
+        if entry is not None and lookup.refresh and entry.info.run != lookup.run:
+            # Decided by the run's identity, not by comparing the file's time with the
+            # clock: a cache restored with timestamps from the future is refreshed too.
+            return None
         return entry
 
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
@@ -172,6 +173,7 @@ class Memoized:
             slot=lookup.slot,
             seconds=seconds,
             created=time.time(),
+            run=lookup.run,
         )
         try:
             invalidated = store.has_other_in_slot(info.slot, lookup.key)

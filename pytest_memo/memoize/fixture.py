@@ -32,8 +32,8 @@ __all__ = ["FixtureMemo"]
 class Settings:
     rootdir: Path
     store: Store | None  # None: --memo-off
-    run_started: float  # in the main process, for all workers of a run
-    refresh: bool  # --memo-refresh: entries written before the run started are recomputed
+    run: str  # the run's identity, made in the main process and handed to its workers
+    refresh: bool  # --memo-refresh: entries that other runs wrote are recomputed
     by_name: frozenset[str]  # the memo_fixtures ini option
 
 
@@ -91,7 +91,8 @@ class FixtureMemo:
             source=self._source(fixturedef.func),
             mmap=options.mmap,
             compress=options.compress,
-            stale_before=self.settings.run_started if self.settings.refresh else None,
+            run=self.settings.run,
+            refresh=self.settings.refresh,
         )
         with self.engine.claim(lookup) as claim:
             if claim.entry is not None:

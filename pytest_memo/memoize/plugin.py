@@ -4,7 +4,8 @@ the work is done in ``fixture_memo`` and ``store``, which know nothing of these 
 from __future__ import annotations
 
 import contextlib
-import time
+import os
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,12 @@ MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
 # What pytest-xdist's main process tells its workers (workerinput), and this plugin's key
 # in what they send back (workeroutput, and --par workers' too).
-WORKER_STARTED = "pytest_memo_started"
+WORKER_RUN = "pytest_memo_run"
 WORKER_STORE_UNUSABLE = "pytest_memo_unusable"
 WORKER_OUTPUT = "pytest_memo"
+# How --par workers started as new interpreters learn the run's identity (forked ones
+# inherit it): set in the main process's environment while it runs.
+RUN_VARIABLE = "PYTEST_MEMO_RUN"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -133,12 +137,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _max_size(config)  # a bad size is a usage error before anything runs
     store = None if config.getoption("memo_off") else _store(config)
-    started = getattr(config, "workerinput", {}).get(WORKER_STARTED, time.time())
+    run = _run_identity(config)
     config.stash[MEMO] = FixtureMemo(
         Settings(
             rootdir=config.rootpath,
             store=store,
-            run_started=started,
+            run=run,
             refresh=bool(config.getoption("memo_refresh")),
             by_name=frozenset(config.getini("memo_fixtures")),
         )
@@ -148,6 +152,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[MEMO].store_unusable()  # the main process has warned about it
     if store is not None and not _is_worker(config):
         _prepare(config, store)
+
+
+def _run_identity(config: pytest.Config) -> str:
+    """The run's identity, the same in the main process and in all its workers: entries
+    carry it, and --memo-refresh recomputes those another run wrote."""
+    from_xdist = getattr(config, "workerinput", {}).get(WORKER_RUN)
+    if from_xdist:
+        return str(from_xdist)
+    from pytest_memo.parallel.spawn import is_spawned_worker
+
+    if is_spawned_worker() and os.environ.get(RUN_VARIABLE):
+        return os.environ[RUN_VARIABLE]
+    run = uuid.uuid4().hex
+    if not _is_worker(config):
+        os.environ[RUN_VARIABLE] = run  # removed in pytest_unconfigure
+    return run
 
 
 def _prepare(config: pytest.Config, store: Store) -> None:
@@ -269,6 +289,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     memo = config.stash.get(MEMO, None)
+    if memo is not None and os.environ.get(RUN_VARIABLE) == memo.settings.run:
+        del os.environ[RUN_VARIABLE]
     if memo is not None and memo.settings.store is not None:
         memo.settings.store.close()
 
@@ -289,7 +311,7 @@ def pytest_configure_node(node: Any) -> None:
 
     memo = node.config.stash.get(MEMO, None)
     if memo is not None:
-        node.workerinput[WORKER_STARTED] = memo.settings.run_started
+        node.workerinput[WORKER_RUN] = memo.settings.run
         node.workerinput[WORKER_STORE_UNUSABLE] = memo.store is None
         node.workerinput[REMOTE_OFF] = not getattr(memo.settings.store, "remote_usable", True)
 

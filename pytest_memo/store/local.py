@@ -72,6 +72,7 @@ class EntryInfo:
     slot: str
     seconds: float
     created: float
+    run: str = ""  # the run that wrote it (--memo-refresh); "" in entries of older versions
 
 
 @dataclass(frozen=True)
