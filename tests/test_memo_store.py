@@ -257,6 +257,64 @@ def test_yield_and_async_fixtures_are_refused_with_advice(
     assert not (suite.path / "calls.txt").exists()
 
 
+def test_each_test_using_a_refused_fixture_gets_one_short_error(suite: MemoSuite) -> None:
+    # The first test got the refusal; every later one an AssertionError from inside pytest
+    # ("assert not self._finalizers"), about 100 lines of pytest's internals each.
+    suite.write(
+        "conftest.py",
+        """
+        @pytest.fixture
+        @pytest.mark.memo
+        def yielding():
+            yield 1
+
+
+        @pytest.fixture(scope="module")
+        @pytest.mark.memo
+        async def asynchronous():
+            return 1
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def temporary(tmp_path):
+            return 1
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def dynamic(request):
+            return request.getfixturevalue("yielding")
+        """,
+    )
+    suite.write(
+        "test_it.py",
+        "".join(
+            f"def test_{name}_{n}({name}):\n    pass\n\n\n"
+            for name in ("yielding", "asynchronous", "temporary", "dynamic")
+            for n in range(3)
+        ),
+    )
+    result = suite.run("-W", "ignore::pytest_memo.MemoWarning")
+    result.assert_outcomes(errors=12)
+    output = result.stdout.str()
+    assert "_pytest" not in output and "pytest_memo/" not in output
+    assert "Traceback" not in output and "AssertionError" not in output
+    fixes = {
+        "yielding": "is a yield fixture*Move the expensive part into its own*",
+        "asynchronous": "is an async fixture*Move the expensive part into its own*",
+        "temporary": "depends on 'tmp_path'*add ignore=?'tmp_path'? to its memo*",  # ?: [ ]
+        "dynamic": "is a yield fixture*Move the expensive part into its own*",
+    }
+    for name, fix in fixes.items():
+        wanted = "yielding" if name == "dynamic" else name
+        for n in range(3):
+            result.stdout.fnmatch_lines(
+                [f"*ERROR at setup of test_{name}_{n}*", f"pytest-memo: fixture '{wanted}' {fix}"]
+            )
+    assert suite.calls() == []
+
+
 @pytest.mark.parametrize("argument", ["tmp_path", "monkeypatch"])
 def test_a_per_run_dependency_is_an_error_suggesting_ignore(
     suite: MemoSuite, argument: str

@@ -9,7 +9,7 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +68,34 @@ class FixtureMemo:
 
     # -- setup ----------------------------------------------------------------
 
+    def refusals(self, fixturedefs: Any) -> list[str]:
+        """Why memoized fixtures among ``fixturedefs`` (a test's, at collection) cannot be
+        memoized: the test gets these errors instead of running."""
+        found = []
+        for fixturedef in fixturedefs:
+            options = self.options_for(fixturedef)
+            message = None if options is None else refusal(fixturedef, options)
+            if message is not None:
+                found.append(message)
+        return found
+
     def setup(
         self, fixturedef: Any, request: Any, options: MemoOptions
     ) -> Generator[None, Any, Any]:
-        _refuse_unsupported(fixturedef)
+        message = refusal(fixturedef, options)  # for fixtures requested by getfixturevalue
+        if message is None:
+            try:
+                return (yield from self._setup(fixturedef, request, options))
+            except _Refused as refused:
+                message = str(refused)
+        # Failing inside pytest's own setup, which caches the error for the fixture's scope
+        # and reports it alone: raised from this wrapper, before pytest sets the fixture up,
+        # it would leave the fixture half set up and every later test erroring inside pytest.
+        return (yield from _serve(fixturedef, _failing(message)))
+
+    def _setup(
+        self, fixturedef: Any, request: Any, options: MemoOptions
+    ) -> Generator[None, Any, Any]:
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
         if "getfixturevalue" in names(function.__code__):
             warn(
@@ -96,7 +120,7 @@ class FixtureMemo:
         )
         with self.engine.claim(lookup) as claim:
             if claim.entry is not None:
-                return (yield from _serve(fixturedef, claim.entry.value))
+                return (yield from _serve(fixturedef, _returning(claim.entry.value)))
             value = yield  # pytest sets the fixture up: it computes
             claim.keep(value)
             return value
@@ -143,39 +167,23 @@ class FixtureMemo:
         try:
             return self.fingerprints.data_digest(request.param)
         except UnhashableError as error:
-            problem = str(error)
-        # Failing outside the except clause: the report shows our message alone, not a
-        # "During handling of the above exception" chain behind it.
-        pytest.fail(
-            f"pytest-memo: the parameter of fixture {fixturedef.argname!r} cannot be hashed "
-            f"({problem}); use parameters that are plain data",
-            pytrace=False,
-        )
+            raise _Refused(
+                f"pytest-memo: the parameter of fixture {fixturedef.argname!r} cannot be "
+                f"hashed ({error}); use parameters that are plain data"
+            ) from None
 
     def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
         dependency = active_fixturedef(request, name)
         key = self._keys.get(dependency)
         if key is not None:
             return ("memo", key)
-        hint = (
-            f"add ignore=[{name!r}] to its memo mark if the value does not depend on it, "
-            "or memoize a fixture that does not use it"
-        )
-        if name in PYTEST_PER_RUN_FIXTURES:
-            pytest.fail(
-                f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, which is "
-                f"different on every run, so it could never be loaded from the store: {hint}",
-                pytrace=False,
-            )
         try:
             return ("value", self.fingerprints.data_digest(request.getfixturevalue(name)))
         except UnhashableError as error:
-            problem = str(error)
-        pytest.fail(  # outside the except clause, as in _param
-            f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, whose value "
-            f"cannot be hashed into its key ({problem}): {hint}",
-            pytrace=False,
-        )
+            raise _Refused(
+                f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, whose "
+                f"value cannot be hashed into its key ({error}): {_ignore_hint(name)}"
+            ) from None
 
     def _source(self, function: Any) -> str:
         try:
@@ -185,14 +193,28 @@ class FixtureMemo:
             return str(getattr(function, "__module__", "?"))
 
 
-def _serve(fixturedef: Any, value: Any) -> Generator[None, Any, Any]:
-    """Let pytest set the fixture up with ``value`` instead of calling the fixture."""
+class _Refused(Exception):
+    """The fixture cannot be memoized: the message says why and what to do."""
 
+
+def _returning(value: Any) -> Callable[..., Any]:
     def stored_value(*args: Any, **kwargs: Any) -> Any:
         return value
 
+    return stored_value
+
+
+def _failing(message: str) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        pytest.fail(message, pytrace=False)
+
+    return refused
+
+
+def _serve(fixturedef: Any, function: Callable[..., Any]) -> Generator[None, Any, Any]:
+    """Let pytest set the fixture up by calling ``function`` instead of the fixture."""
     original = fixturedef.func
-    fixturedef.func = stored_value
+    fixturedef.func = function
     try:
         return (yield)
     finally:
@@ -230,18 +252,34 @@ def _refuse_absolute_patterns(name: str, patterns: Any, rootdir: Path) -> None:
             )
 
 
-def _refuse_unsupported(fixturedef: Any) -> None:
+def _ignore_hint(name: str) -> str:
+    return (
+        f"add ignore=[{name!r}] to its memo mark if the value does not depend on it, "
+        "or memoize a fixture that does not use it"
+    )
+
+
+def refusal(fixturedef: Any, options: MemoOptions) -> str | None:
+    """Why a memoized fixture can never be memoized, seen from its definition alone:
+    a yield or async fixture, or one that takes a per-run built-in (``tmp_path``)."""
     function = fixturedef.func
+    name = fixturedef.argname
     reason = None
     if inspect.isgeneratorfunction(function):
         reason = "is a yield fixture, and its teardown cannot be replayed from the store"
     elif inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
         reason = "is an async fixture, whose value only exists inside an event loop"
     if reason is not None:
-        pytest.fail(
-            f"pytest-memo: fixture {fixturedef.argname!r} {reason}. Move the expensive part "
-            "into its own (plain, synchronous) fixture that returns the data and mark that "
-            "one with @pytest.mark.memo; keep this fixture unmemoized, taking the data as "
-            "an argument.",
-            pytrace=False,
+        return (
+            f"pytest-memo: fixture {name!r} {reason}. Move the expensive part into its own "
+            "(plain, synchronous) fixture that returns the data and mark that one with "
+            "@pytest.mark.memo; keep this fixture unmemoized, taking the data as an argument."
         )
+    for argument in fixturedef.argnames:
+        if argument in PYTEST_PER_RUN_FIXTURES and argument not in options.ignore:
+            return (
+                f"pytest-memo: fixture {name!r} depends on {argument!r}, which is different "
+                f"on every run, so it could never be loaded from the store: "
+                f"{_ignore_hint(argument)}"
+            )
+    return None

@@ -207,12 +207,34 @@ def pytest_fixture_setup(fixturedef: Any, request: Any) -> Generator[None, Any, 
     return (yield from memo.setup(fixturedef, request, options))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # ``@pytest.mark.memo`` on a test function records options instead of a mark (it cannot
-    # tell a test from a fixture-to-be); give such tests the mark so ``-m memo`` finds them.
+REFUSED = pytest.StashKey[list[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    memo = config.stash.get(MEMO, None)
     for item in items:
+        # ``@pytest.mark.memo`` on a test function records options instead of a mark (it
+        # cannot tell a test from a fixture-to-be); give such tests the mark so ``-m memo``
+        # finds them.
         if marker.options_of(getattr(item, "obj", None)) is not None:
             item.add_marker("memo")
+        if memo is not None:
+            from pytest_memo.pytest_compat import item_fixture_definitions
+
+            # A memoized fixture that can never be memoized (a yield fixture, one taking
+            # tmp_path): found now, each test using it errors with the reason before any
+            # fixture is set up.
+            definitions = item_fixture_definitions(item).values()
+            refusals = memo.refusals(defs[-1] for defs in definitions if defs)
+            if refusals:
+                item.stash[REFUSED] = refusals
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    refusals = item.stash.get(REFUSED, None)
+    if refusals:
+        pytest.fail("\n".join(dict.fromkeys(refusals)), pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
