@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 from pytest_memo.core.hashing import UnhashableError, hash
-from pytest_memo.core.inspection import names, reads_requesting_test, setting_names
+from pytest_memo.core.inspection import (
+    FIXTURE_ATTRIBUTES,
+    REQUESTING_TEST_ATTRIBUTES,
+    names,
+    reads_requesting_test,
+    request_escapes,
+    setting_names,
+)
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
 from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
@@ -104,7 +111,15 @@ class FixtureMemo:
                 "request those fixtures as arguments instead"
             )
             return (yield)
-        key, slot = self._key(fixturedef, request, options)
+        try:
+            key, slot = self._key(fixturedef, request, options)
+        except _NotKeyable as problem:
+            warn(
+                f"fixture {fixturedef.argname!r} {problem}, which cannot enter its key, so it "
+                "is computed, not memoized; read what it needs in a fixture that is not "
+                "memoized and pass plain values to this one (as arguments or parameters)"
+            )
+            return (yield)
         self._keys[fixturedef] = key
         self.stats.used_slots.add(slot)
         lookup = Lookup(
@@ -133,9 +148,9 @@ class FixtureMemo:
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
         param = self._param(fixturedef, request)
         if "request" in fixturedef.argnames and reads_requesting_test(function.__code__):
-            # request.node, request.function, ... or request handed to other code: the
-            # value may depend on the requesting test.
-            param = hash((param, request.node.nodeid))
+            # request.node, request.module, ...: the value may depend on the requesting
+            # test, and on what the code reads of it (marks, parameters, attributes).
+            param = hash((param, request.node.nodeid, self._test_read(function, request)))
         options_read = _options_read(function, request.config)
         dependencies = {
             name: self._dependency(fixturedef, request, name)
@@ -160,6 +175,52 @@ class FixtureMemo:
             command_line=options_read,
         )
         return key, combine(identity=identity, param=param)
+
+    def _test_read(self, function: Any, request: Any) -> list[Any]:
+        """Digests of what the code may read of the requesting test: its marks, its
+        parameters, and the attributes of the test's node, module, class, instance and
+        function that the code names.  Raises :class:`_NotKeyable` when it cannot tell."""
+        code = function.__code__
+        if request_escapes(code):
+            raise _NotKeyable("hands request to other code, which may read the requesting test")
+        named = names(code)
+        if "applymarker" in named or "add_marker" in named:
+            raise _NotKeyable("marks the requesting test (a side effect a stored value skips)")
+        node = request.node
+        read: list[Any] = []
+        try:
+            marks = [(mark.name, mark.args, mark.kwargs) for mark in node.iter_markers()]
+            read.append(("marks", self.fingerprints.data_digest(marks)))
+            callspec = getattr(node, "callspec", None)
+            if callspec is not None:
+                read.append(("params", self.fingerprints.data_digest(dict(callspec.params))))
+        except UnhashableError as error:
+            raise _NotKeyable(f"reads the marks or parameters of the test ({error})") from None
+        for where in ("node", "module", "cls", "instance", "function"):
+            if where not in named:
+                continue
+            try:
+                owner = node if where == "node" else getattr(request, where)
+            except Exception:  # e.g. request.module of a session-scoped fixture
+                continue
+            if owner is None:
+                continue
+            for name in named:
+                if name in REQUEST_ATTRIBUTES:
+                    continue  # named for request.<name>: read as such above
+                try:
+                    value = getattr(owner, name)
+                except Exception:  # not its attribute, or a property that fails
+                    continue
+                if inspect.ismethod(value) and value.__self__ is owner:
+                    if where == "node" and name in NODE_QUERIES:
+                        continue  # answered from the marks and parameters above
+                    raise _NotKeyable(f"calls request.{where}.{name}()")
+                try:
+                    read.append((where, name, self.fingerprints.data_digest(value)))
+                except UnhashableError as error:
+                    raise _NotKeyable(f"reads request.{where}.{name} ({error})") from None
+        return read
 
     def _param(self, fixturedef: Any, request: Any) -> str | None:
         if not hasattr(request, "param"):
@@ -191,6 +252,16 @@ class FixtureMemo:
             return path.relative_to(self.settings.rootdir.resolve()).as_posix()
         except (TypeError, ValueError):
             return str(getattr(function, "__module__", "?"))
+
+
+# Methods of a test's node whose answers depend only on its marks and parameters.
+NODE_QUERIES = frozenset({"get_closest_marker", "iter_markers", "iter_markers_with_node"})
+REQUEST_ATTRIBUTES = REQUESTING_TEST_ATTRIBUTES | FIXTURE_ATTRIBUTES
+
+
+class _NotKeyable(Exception):
+    """What the fixture reads of the requesting test cannot enter its key (the message
+    completes "fixture 'name' ...")."""
 
 
 class _Refused(Exception):
@@ -227,6 +298,8 @@ def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None
     candidates = setting_names(function.__code__)
     if candidates is None:
         return None
+    if "option" in names(function.__code__):  # request.config.option.size
+        candidates = sorted({*candidates, *names(function.__code__)})
     read = {}
     for text in candidates:
         for kind, lookup in (("option", config.getoption), ("ini", config.getini)):
