@@ -811,3 +811,77 @@ def test_a_run_leaves_no_index_connection_open(suite: MemoSuite, options: tuple[
     }
     assert index.exists()
     assert index not in open_files
+
+
+# -- checkouts sharing a store ------------------------------------------------------------
+
+CHECKOUT_CONFTEST = """
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+@pytest.mark.memo
+def data():
+    with open(HERE / "calls.txt", "a") as log:
+        log.write("data\\n")
+    return {RETURNED}
+"""
+CHECKOUT_TEST = """
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def test_data(data):
+    assert data == {RETURNED}
+"""
+
+
+@pytest.mark.parametrize(
+    "returned",
+    ['{"file": HERE / "data.txt", "all": [HERE, HERE / "sub" / "x"], "out": Path("/elsewhere")}'],
+    ids=["pathlib paths"],
+)
+def test_checkouts_sharing_a_store_get_paths_into_their_own_checkout(
+    pytester: pytest.Pytester, returned: str
+) -> None:
+    # The second checkout received the first one's absolute paths.
+    store = pytester.path / "shared-store"
+    for checkout in ("one", "two"):
+        (pytester.path / checkout).mkdir()
+        (pytester.path / checkout / "pytest.ini").write_text("[pytest]\n")
+        (pytester.path / checkout / "conftest.py").write_text(
+            CHECKOUT_CONFTEST.replace("{RETURNED}", returned)
+        )
+        (pytester.path / checkout / "test_it.py").write_text(
+            CHECKOUT_TEST.replace("{RETURNED}", returned)
+        )
+    for checkout in ("one", "two", "one"):
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--memo-dir={store}", checkout)
+        result.assert_outcomes(passed=1)
+    assert (pytester.path / "one" / "calls.txt").read_text() == "data\n"
+    assert not (pytester.path / "two" / "calls.txt").exists()  # loaded, rebased
+
+
+def test_a_str_path_into_the_checkout_is_computed_not_shared(pytester: pytest.Pytester) -> None:
+    returned = 'str(HERE / "data.txt")'
+    store = pytester.path / "shared-store"
+    for checkout in ("one", "two"):
+        (pytester.path / checkout).mkdir()
+        (pytester.path / checkout / "pytest.ini").write_text("[pytest]\n")
+        (pytester.path / checkout / "conftest.py").write_text(
+            CHECKOUT_CONFTEST.replace("{RETURNED}", returned)
+        )
+        (pytester.path / checkout / "test_it.py").write_text(
+            CHECKOUT_TEST.replace("{RETURNED}", returned)
+        )
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--memo-dir={store}", checkout)
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(
+            ["*MemoWarning*fixture 'data' could not be stored*holds the path of this checkout*"]
+        )
+    assert (pytester.path / "two" / "calls.txt").read_text() == "data\n"

@@ -14,6 +14,7 @@ Raw buffer sections are byte-for-byte the array's memory, so they can be memory-
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import os
@@ -21,7 +22,7 @@ import pickle
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, Any, BinaryIO
 
 import cloudpickle
@@ -80,6 +81,28 @@ def _rebuild_memoryview(array: np.ndarray[Any, Any], format: str, readonly: bool
     return view
 
 
+# The checkout a value is stored from and loaded into (see :func:`rooted`).
+_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("root", default=None)
+
+
+@contextlib.contextmanager
+def rooted(root: Path | None) -> Iterator[None]:
+    """Within the block, paths inside ``root`` are stored relative to it and loaded into
+    the ``root`` of the loading process: checkouts at different places sharing a store
+    each get paths into their own checkout.  A value holding ``root`` in any other form
+    (a ``str`` path) cannot be dumped: it would point into another checkout."""
+    token = _ROOT.set(root)
+    try:
+        yield
+    finally:
+        _ROOT.reset(token)
+
+
+def _rebased(cls: type[PurePath], original: str, relative: str) -> PurePath:
+    root = _ROOT.get()
+    return cls(original) if root is None else cls(root, relative)
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, with large arrays sent out of band whatever their layout or dtype."""
 
@@ -97,6 +120,10 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             buffer = pickle.PickleBuffer(raw)
             self._itemsizes[id(buffer)] = obj.dtype.itemsize
             return _rebuild_array, (buffer, obj.dtype, obj.shape, order)
+        root = _ROOT.get()
+        if root is not None and isinstance(obj, PurePath) and obj.is_absolute():
+            with contextlib.suppress(ValueError):
+                return _rebased, (type(obj), str(obj), obj.relative_to(root).as_posix())
         if type(obj) is memoryview:
             # pickle cannot store a memoryview and cloudpickle stores its bytes: keep the
             # type, format, shape and read-only-ness, through an array (out of band if large).
@@ -184,7 +211,33 @@ def _preamble(meta_offset: int, meta: bytes) -> bytes:
     return head[:-8] + struct.pack("<Q", _checksum(head[:-8]))
 
 
+def _refuse_root_text(obj: Any, root: Path) -> None:
+    """Refuse a str holding the root's path inside plain containers (a str path): loaded in
+    another checkout, it would point into this one.  Strings inside other objects are not
+    searched."""
+    text, pending, budget = str(root), [obj], 100_000
+    while pending and budget:
+        budget -= 1
+        item = pending.pop()
+        if type(item) is str:
+            if text in item:
+                raise ValueError(
+                    f"it holds the path of this checkout in a str ({item!r}): stores are "
+                    "shared between checkouts, where it would point into this one. Return a "
+                    "pathlib.Path (stored relative to the rootdir and loaded into each "
+                    "checkout) or a path relative to the rootdir"
+                )
+        elif type(item) is dict:
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif type(item) in (list, tuple, set, frozenset):
+            pending.extend(item)
+
+
 def _dump_to(obj: Any, file: BinaryIO, codec: Codec | None) -> int:
+    root = _ROOT.get()
+    if root is not None:
+        _refuse_root_text(obj, root)
     stream = io.BytesIO()
     pickler = _Pickler(stream)
     pickler.dump(obj)

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
@@ -60,8 +61,9 @@ class Claim:
 class Memoized:
     """Values kept in ``store``, counted in ``stats``."""
 
-    def __init__(self, store: Store, stats: RunStats) -> None:
+    def __init__(self, store: Store, stats: RunStats, root: Path | None = None) -> None:
         self._store = store
+        self.root = root  # the rootdir: paths inside it are stored relative to it
         self.stats = stats
         self._broken = False
         self._prepared = False
@@ -130,8 +132,11 @@ class Memoized:
         return store
 
     def _read(self, store: Store, lookup: Lookup) -> Entry | None:
+        from pytest_memo.core.serialize import rooted  # here: it imports numpy
+
         try:
-            entry = store.read(lookup.key, mmap=lookup.mmap)
+            with rooted(self.root):
+                entry = store.read(lookup.key, mmap=lookup.mmap)
         except CorruptFileError as error:
             warn(f"removed a damaged entry of {lookup.what} and recomputed it: {error}")
             store.remove(lookup.key)
@@ -177,7 +182,10 @@ class Memoized:
         )
         try:
             invalidated = store.has_other_in_slot(info.slot, lookup.key)
-            store.write(lookup.key, info, value, compress=lookup.compress)
+            from pytest_memo.core.serialize import rooted  # here: it imports numpy
+
+            with rooted(self.root):
+                store.write(lookup.key, info, value, compress=lookup.compress)
         except OSError as error:
             self._fail(error)
             return

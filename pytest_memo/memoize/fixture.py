@@ -51,7 +51,7 @@ class FixtureMemo:
         self.engine: Memoized | NotMemoized = (
             NotMemoized(self.stats)
             if settings.store is None
-            else Memoized(settings.store, self.stats)
+            else Memoized(settings.store, self.stats, settings.rootdir)
         )
         self.pruned: int | None = None  # entries removed by --memo-prune
         self.fingerprints = CodeFingerprints(settings.rootdir)
