@@ -841,6 +841,15 @@ def test_data(data):
 """
 
 
+def write_checkouts(pytester: pytest.Pytester, returned: str) -> None:
+    """Two copies of one project, ``one`` and ``two``, whose fixture returns ``returned``."""
+    for checkout in ("one", "two"):
+        (pytester.path / checkout).mkdir()
+        (pytester.path / checkout / "pytest.ini").write_text("[pytest]\n")
+        for name, template in (("conftest.py", CHECKOUT_CONFTEST), ("test_it.py", CHECKOUT_TEST)):
+            (pytester.path / checkout / name).write_text(template.replace("{RETURNED}", returned))
+
+
 @pytest.mark.parametrize(
     "returned",
     ['{"file": HERE / "data.txt", "all": [HERE, HERE / "sub" / "x"], "out": Path("/elsewhere")}'],
@@ -851,15 +860,7 @@ def test_checkouts_sharing_a_store_get_paths_into_their_own_checkout(
 ) -> None:
     # The second checkout received the first one's absolute paths.
     store = pytester.path / "shared-store"
-    for checkout in ("one", "two"):
-        (pytester.path / checkout).mkdir()
-        (pytester.path / checkout / "pytest.ini").write_text("[pytest]\n")
-        (pytester.path / checkout / "conftest.py").write_text(
-            CHECKOUT_CONFTEST.replace("{RETURNED}", returned)
-        )
-        (pytester.path / checkout / "test_it.py").write_text(
-            CHECKOUT_TEST.replace("{RETURNED}", returned)
-        )
+    write_checkouts(pytester, returned)
     for checkout in ("one", "two", "one"):
         result = pytester.runpytest("-p", "no:cacheprovider", f"--memo-dir={store}", checkout)
         result.assert_outcomes(passed=1)
@@ -870,15 +871,8 @@ def test_checkouts_sharing_a_store_get_paths_into_their_own_checkout(
 def test_a_str_path_into_the_checkout_is_computed_not_shared(pytester: pytest.Pytester) -> None:
     returned = 'str(HERE / "data.txt")'
     store = pytester.path / "shared-store"
+    write_checkouts(pytester, returned)
     for checkout in ("one", "two"):
-        (pytester.path / checkout).mkdir()
-        (pytester.path / checkout / "pytest.ini").write_text("[pytest]\n")
-        (pytester.path / checkout / "conftest.py").write_text(
-            CHECKOUT_CONFTEST.replace("{RETURNED}", returned)
-        )
-        (pytester.path / checkout / "test_it.py").write_text(
-            CHECKOUT_TEST.replace("{RETURNED}", returned)
-        )
         result = pytester.runpytest("-p", "no:cacheprovider", f"--memo-dir={store}", checkout)
         result.assert_outcomes(passed=1, warnings=1)
         result.stdout.fnmatch_lines(
