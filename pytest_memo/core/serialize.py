@@ -295,6 +295,7 @@ class _Reader:
     base: int = 0
     codec: Codec | None = None
     sections: list[dict[str, Any]] = field(default_factory=list)
+    meta_offset: int = 0
     _mapped: np.memmap[Any, Any] | None = None
 
     def fail(self, problem: str) -> CorruptFileError:
@@ -322,6 +323,7 @@ class _Reader:
                 f"written in format version {version} by a newer pytest-memo; "
                 f"this one reads up to version {FORMAT_VERSION}: upgrade pytest-memo"
             )
+        self.meta_offset = meta_offset
         meta = self.read_exact(meta_offset, meta_size)
         if _checksum(meta) != meta_sum:
             raise self.fail("metadata checksum mismatch: the file is corrupt")
@@ -492,6 +494,28 @@ def _has_fileno(source: BinaryIO) -> bool:
     except (AttributeError, OSError, io.UnsupportedOperation):
         return False
     return True
+
+
+def pickle_stream(file: BinaryIO, name: str) -> bytes:
+    """The pickle stream of an open file, checked but neither unpickled nor followed by
+    its arrays: what a store reads to list an entry without loading it."""
+    reader = _Reader(file, name, None, True)
+    reader.open()
+    if not reader.sections:
+        raise reader.fail("metadata lists no pickle stream")
+    return reader.restore(reader.sections[0], memory_map=False).tobytes()
+
+
+def mappable_layout(file: BinaryIO, name: str) -> tuple[int, int] | None:
+    """For an uncompressed file: where its first array section starts and where its
+    metadata starts.  What lies outside that range is what loading parses (the header,
+    the pickle stream, the metadata); None for a compressed file, which maps nothing."""
+    reader = _Reader(file, name, None, True)
+    reader.open()
+    if reader.codec is not None:
+        return None
+    first = reader.sections[1]["offset"] if len(reader.sections) > 1 else reader.meta_offset
+    return first, reader.meta_offset
 
 
 def iter_sections(path: PathLike) -> Iterator[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from pytest_memo.memoize import cache as memory
 from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
-from pytest_memo.store.local import Store, secret_from_environment
+from pytest_memo.store.local import Store, StoreRepairWarning, secret_from_environment
 from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
 
 MEMO = pytest.StashKey[FixtureMemo]()
@@ -116,10 +117,14 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 def _show(config: pytest.Config, session: pytest.Session) -> int:
     store = _store(config)
     try:
-        entries = store.listing()
+        with warnings.catch_warnings(record=True) as repairs:
+            warnings.simplefilter("always", StoreRepairWarning)
+            entries = store.listing()
     finally:
         store.close()
     writer = config.get_terminal_writer()
+    for repair in repairs:
+        writer.line(f"{type(repair.message).__name__}: {repair.message}", yellow=True)
     writer.sep("-", f"pytest-memo store: {store.root}")
     if not entries:
         writer.line("(empty)")
@@ -171,6 +176,15 @@ def _run_identity(config: pytest.Config) -> str:
 
 
 def _prepare(config: pytest.Config, store: Store) -> None:
+    # What the store repaired (its layout, its index) is said before the tests run.
+    with warnings.catch_warnings(record=True) as repairs:
+        warnings.simplefilter("always", StoreRepairWarning)
+        _prepare_store(config, store)
+    for repair in repairs:
+        config.issue_config_time_warning(repair.message, stacklevel=2)  # type: ignore[arg-type]
+
+
+def _prepare_store(config: pytest.Config, store: Store) -> None:
     clear = config.getoption("memo_clear")
     try:
         store.prepare()
