@@ -42,6 +42,7 @@ __all__ = [
     "call_and_report",
     "fixture_values_released",
     "global_capturing",
+    "higher_scoped_params",
     "is_fixture_definition",
     "item_fixture_definitions",
     "parse_warning_filter",
@@ -77,6 +78,23 @@ def all_fixture_definitions(session: pytest.Session) -> list[Any]:
     if hasattr(manager, "_get_all_fixture_defs"):  # pytest 9
         return list(manager._get_all_fixture_defs())
     return [d for defs in manager._arg2fixturedefs.values() for d in defs]  # pytest 8.4
+
+
+def higher_scoped_params(item: Any) -> tuple[tuple[str, int], ...]:
+    """The parameters of ``item`` that belong to fixtures wider than a test (class,
+    module, package or session scoped), as sorted (argument name, parameter index)
+    pairs: items sharing them share those fixtures' values.  () for none."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return ()
+    scopes = getattr(callspec, "_arg2scope", {})
+    return tuple(
+        sorted(
+            (name, index)
+            for name, index in callspec.indices.items()
+            if getattr(scopes.get(name), "value", "function") != "function"
+        )
+    )
 
 
 def setup_state(session: pytest.Session) -> SetupState:

@@ -1,11 +1,20 @@
-"""Which tests go first, and which go together.  Pure functions of ids and durations."""
+"""Which tests go first, and which go together.  Pure functions of ids, marks, fixture
+parameters and durations."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fnmatch
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["long_test_seconds", "order", "scope_groups"]
+__all__ = [
+    "group_name",
+    "long_test_seconds",
+    "marked_serial",
+    "order",
+    "scope_groups",
+    "units",
+]
 
 LONG_TEST_SHARE = 1 / 8  # of a worker's even share of the run: such a test goes first
 
@@ -72,12 +81,66 @@ def long_test_seconds(seconds: Sequence[float], workers: int) -> float:
 
 def scope_groups(items: Sequence[Any], ordered: Sequence[int]) -> list[list[int]]:
     """Consecutive runs of ``ordered`` that share a module or class: one worker each."""
-    groups: list[list[int]] = []
-    by_scope: dict[str, list[int]] = {}
+    return units(items, ordered, "scope", [None] * len(items), [()] * len(items))
+
+
+def group_name(item: Any) -> str | None:
+    """The ``xdist_group`` an item belongs to, named as pytest-xdist names it (several
+    marks: their names sorted and joined by ``_``), or None."""
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    return "_".join(sorted(names)) if names else None
+
+
+def units(
+    items: Sequence[Any],
+    ordered: Sequence[int],
+    dist: str,
+    groups: Sequence[str | None],
+    keys: Sequence[Hashable],
+    alone: Collection[int] = (),
+) -> list[list[int]]:
+    """What goes to one worker at a time, in the order of ``ordered``.
+
+    The items of an ``xdist_group`` are one unit, in collection order, where the group's
+    first item is.  With ``dist`` "scope" (or "file"), the items of each class or module
+    (or module) that share ``keys`` (their parameters of fixtures wider than a test) are
+    one unit: a worker sets each of those fixtures up once for it.  Any other item, and
+    every item of ``alone`` (tests that run while no other test runs), is a unit of its
+    own.
+    """
+    result: list[list[int]] = []
+    together: dict[Hashable, list[int]] = {}
     for index in ordered:
-        scope = _scope_of(items[index].nodeid)
-        if scope not in by_scope:
-            by_scope[scope] = []
-            groups.append(by_scope[scope])
-        by_scope[scope].append(index)
-    return groups
+        group = groups[index]
+        name: Hashable
+        if index in alone:
+            result.append([index])
+            continue
+        if group is not None:
+            name = ("group", group)
+        elif dist == "scope":
+            name = ("scope", _scope_of(items[index].nodeid), keys[index])
+        elif dist == "file":
+            name = ("file", _module_of(items[index].nodeid), keys[index])
+        else:
+            result.append([index])
+            continue
+        if name not in together:
+            together[name] = []
+            result.append(together[name])
+        together[name].append(index)
+    for name, unit in together.items():
+        if isinstance(name, tuple) and name[0] == "group":
+            unit.sort()  # as pytest-xdist runs a group: in collection order
+    return result
+
+
+def marked_serial(item: Any, patterns: Iterable[str]) -> bool:
+    """Whether the user asked for ``item`` to run alone: the ``serial`` mark, or a
+    ``par_serial`` pattern matching its node id."""
+    if item.get_closest_marker("serial") is not None:
+        return True
+    return any(fnmatch.fnmatch(item.nodeid, pattern) for pattern in patterns)
