@@ -93,7 +93,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("par_mode", "process or thread", default="process")
     parser.addini(
         "par_serial",
-        "in thread mode, tests (node id patterns) that must run alone",
+        "tests (node id patterns) that must run while no other test runs, as if marked serial",
         type="linelist",
     )
 
