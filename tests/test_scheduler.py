@@ -247,3 +247,13 @@ def test_in_order_lanes_keep_the_given_order() -> None:
     for lists in batches.values():
         ran = [index for batch in lists for index in batch]
         assert ran == [index for index in order if index in ran]
+
+
+def test_a_shuffled_order_keeps_all_but_its_long_tests_in_place() -> None:
+    items = [FakeItem(f"test_{index % 3}.py::test_{index}") for index in range(40)]
+    seconds = [0.01] * 40
+    seconds[30] = 5.0
+    assert schedule.order(items, seconds, keep_order=True, workers=2) == list(range(40))
+    shuffled = schedule.order(items, seconds, keep_order=True, workers=2, long_first=True)
+    assert shuffled[0] == 30
+    assert [index for index in shuffled if index != 30] == [i for i in range(40) if i != 30]

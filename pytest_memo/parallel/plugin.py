@@ -219,7 +219,13 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     recorded = recorded_durations(config)
     expected = [recorded.get(item.nodeid, 0.0) for item in session.items]
     given = _order_is_given(config)
-    order = schedule.order(session.items, expected, keep_order=bool(given), workers=workers)
+    order = schedule.order(
+        session.items,
+        expected,
+        keep_order=given is not None,
+        workers=workers,
+        long_first=given == "shuffled",
+    )
     _make_basetemp_once(session)
     if _mode(config) == "thread":
         from pytest_memo.parallel.threads import ThreadRunner

@@ -32,7 +32,11 @@ def _scope_of(nodeid: str) -> str:
 
 
 def order(
-    items: Sequence[Any], seconds: Sequence[float], keep_order: bool, workers: int = 1
+    items: Sequence[Any],
+    seconds: Sequence[float],
+    keep_order: bool,
+    workers: int = 1,
+    long_first: bool = False,
 ) -> list[int]:
     """Item indices: long tests first, then the slowest modules first (by ``seconds``,
     each item's duration recorded on earlier runs, 0 when unknown).
@@ -41,11 +45,15 @@ def order(
     share of the run: started late, it would stretch the run while the other workers
     idle, so such tests go first, the longest first.  Within a module the collection
     order is kept, so module fixtures stay warm; with no durations, or when the order
-    was chosen by --ff/--nf/--sw, it is the collection order.
+    was chosen by --ff/--nf/--sw, it is the collection order.  ``keep_order`` with
+    ``long_first`` (an order shuffled by pytest-randomly): long tests first, the rest in
+    the order given.
     """
     indices = list(range(len(items)))
-    if keep_order or not any(seconds):
+    if not any(seconds) or (keep_order and not long_first):
         return indices
+    if keep_order:
+        return _long_first(indices, seconds, workers)
     totals: dict[str, float] = {}
     first_seen: dict[str, int] = {}
     for index, item in enumerate(items):
@@ -60,17 +68,22 @@ def order(
             i,
         ),
     )
+    return _long_first(by_module, seconds, workers)
+
+
+def _long_first(ordered: list[int], seconds: Sequence[float], workers: int) -> list[int]:
+    """``ordered`` with its long tests first, the longest first."""
     threshold = long_test_seconds(seconds, workers)
-    long = sorted((i for i in indices if seconds[i] > threshold), key=lambda i: (-seconds[i], i))
+    long = sorted((i for i in ordered if seconds[i] > threshold), key=lambda i: (-seconds[i], i))
     chosen = set(long)
-    rest = [i for i in by_module if i not in chosen]
+    rest = [i for i in ordered if i not in chosen]
     # Each long test is followed by a short one: a worker holds the test after the one
     # it runs, and two long tests must not end up one after the other on one worker.
-    ordered: list[int] = []
+    result: list[int] = []
     for position, index in enumerate(long):
-        ordered.append(index)
-        ordered.extend(rest[position : position + 1])
-    return ordered + rest[len(long) :]
+        result.append(index)
+        result.extend(rest[position : position + 1])
+    return result + rest[len(long) :]
 
 
 def long_test_seconds(seconds: Sequence[float], workers: int) -> float:
