@@ -43,6 +43,7 @@ __all__ = [
     "compute_session_fixture",
     "fixture_values_released",
     "global_capturing",
+    "higher_scoped_params",
     "is_fixture_definition",
     "item_fixture_definitions",
     "parse_warning_filter",
@@ -102,6 +103,23 @@ def compute_session_fixture(item: pytest.Item, name: str) -> object:
     if hasattr(item, "_initrequest"):
         item._initrequest()
     return value
+
+
+def higher_scoped_params(item: Any) -> tuple[tuple[str, int], ...]:
+    """The parameters of ``item`` that belong to fixtures wider than a test (class,
+    module, package or session scoped), as sorted (argument name, parameter index)
+    pairs: items sharing them share those fixtures' values.  () for none."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return ()
+    scopes = getattr(callspec, "_arg2scope", {})
+    return tuple(
+        sorted(
+            (name, index)
+            for name, index in callspec.indices.items()
+            if getattr(scopes.get(name), "value", "function") != "function"
+        )
+    )
 
 
 def setup_state(session: pytest.Session) -> SetupState:

@@ -547,7 +547,7 @@ def test_a_few_long_tests_are_split_evenly(pytester: pytest.Pytester) -> None:
     ("args", "message"),
     [
         (("--par=abc",), "--par takes a number of workers or 'auto'"),
-        (("--par=2", "-n", "2"), "--par and pytest-xdist's -n/--dist both distribute tests"),
+        (("--par=2", "-n", "2"), "--par and pytest-xdist's -n both distribute tests"),
         (
             ("--par=2", "--par-mode=thread", "--par-timeout=5"),
             "--par-timeout needs --par-mode=process",

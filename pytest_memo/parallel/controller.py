@@ -55,12 +55,13 @@ class Controller:
         groups: Sequence[Sequence[int]] | None = None,
         spawn: bool = False,
         expected: Sequence[float] | None = None,
+        scheduler: Scheduler[WorkerProcess] | None = None,
     ) -> None:
         self.session = session
         self.config = session.config
         # Units of work: single items, or with --par-dist=scope whole modules/classes.
         units = groups if groups is not None else [[index] for index in order]
-        self.scheduler: Scheduler[WorkerProcess] = Scheduler(
+        self.scheduler: Scheduler[WorkerProcess] = scheduler or Scheduler(
             units, expected or [0.0] * len(session.items), workers
         )
         self.timeout = timeout or None  # 0: none, as in pytest-timeout
