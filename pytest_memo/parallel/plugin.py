@@ -261,7 +261,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
     shared_fixtures_done = set_up_in_main_process(session)
     try:
-        _run_in_parallel(session, workers, order, expected)
+        _run_in_parallel(session, workers, order, expected, given)
     finally:
         shared_fixtures_done()
     if session.shouldfail:
@@ -272,7 +272,11 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
 
 def _run_in_parallel(
-    session: pytest.Session, workers: int, order: list[int], expected: list[float]
+    session: pytest.Session,
+    workers: int,
+    order: list[int],
+    expected: list[float],
+    given: str | None,
 ) -> None:
     config = session.config
     if _mode(config) == "thread":
