@@ -84,7 +84,9 @@ def test() -> int:
     _run(PYTHON, "-m", "ruff", "format", "--check", ".")
     _run(PYTHON, "-m", "mypy")
     env = {**os.environ, "PYTEST_MEMO_PYTEST84_PYTHON": str(ensure_pytest84())}
-    return _run(PYTHON, "-m", "pytest", "-n", "2", *sys.argv[2:], check=False, env=env)
+    # Our own runner, in process mode; pytest-xdist is still used by the tests that check
+    # memo together with it (inside pytester runs).
+    return _run(PYTHON, "-m", "pytest", "--par=2", *sys.argv[2:], check=False, env=env)
 
 
 COMMANDS = {"demo": demo, "test": test}
