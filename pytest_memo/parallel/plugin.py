@@ -132,9 +132,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Here, not when the run starts: warnings of collection time reach the summary.
     if worker_count(session.config) > 1 and _mode(session.config) == "thread":
-        from pytest_memo.parallel.threads import warn_of_replaced_protocols
+        from pytest_memo.parallel.threads import check_plugins
 
-        warn_of_replaced_protocols(session.config)
+        check_plugins(session)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -283,7 +283,7 @@ def _run_in_parallel(
         from pytest_memo.parallel.threads import ThreadRunner
 
         runner = ThreadRunner(session, workers, order)
-        config.stash[RAN_ALONE] = (len(runner.alone_for_process_state), len(order))
+        config.stash[RAN_ALONE] = runner.alone_summary()
         runner.run()
     else:
         from pytest_memo.parallel.controller import Controller
@@ -300,17 +300,12 @@ def _run_in_parallel(
         controller.run()
 
 
-RAN_ALONE = pytest.StashKey[tuple[int, int]]()  # thread mode: (run alone, all tests)
+RAN_ALONE = pytest.StashKey[str]()  # thread mode: the line on the tests that ran alone
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    alone, total = config.stash.get(RAN_ALONE, (0, 0))
-    if alone:
-        terminalreporter.write_line(
-            f"par: {alone} of {total} tests ran alone in thread mode: doctests, or tests "
-            "using capsys, capfd, caplog, recwarn or monkeypatch, which change what all "
-            "threads share (process mode runs them in parallel)"
-        )
+    if ran_alone := config.stash.get(RAN_ALONE, ""):
+        terminalreporter.write_line(ran_alone)
 
 
 TEMPORARY_DIRECTORY_FIXTURES = frozenset(
