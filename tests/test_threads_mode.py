@@ -128,3 +128,10 @@ def test_the_summary_names_the_autouse_fixture_that_made_tests_run_alone(
             "autouse fixture patched_everywhere of plugin_with_autouse: 3"
         ]
     )
+
+
+def test_faulthandler_timeout_is_said_not_to_apply(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_quick():\n    pass\n")
+    result = pytester.runpytest_subprocess(*THREADS, "-o", "faulthandler_timeout=60")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*faulthandler_timeout does not apply in --par-mode=thread*"])
