@@ -384,3 +384,97 @@ def test_refused_uploads_leave_the_remote_readable(
     assert len(warnings) == 1  # once per run
     assert reader.read("b2" * 16) is not None  # in the local cache
     assert writer.read("b2" * 16) is None  # never reached the remote
+
+
+# -- Ed25519 keys: main signs, pull requests verify and cannot poison the store ---------
+
+POISONABLE = """
+import os
+
+import numpy as np
+
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo(mmap=True)
+def data():
+    record("data")
+    return {"answer": int(os.environ.get("POISON", "42")), "array": np.arange(1000.0)}
+"""
+
+
+def objects(bucket: Bucket) -> dict[str, bytes]:
+    return {
+        key: bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+        for key in bucket.keys()  # noqa: SIM118 (a method of Bucket, not a dict)
+    }
+
+
+@needs_s3
+def test_pull_requests_verify_with_the_public_key_and_cannot_poison_main(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_signing import Keys, as_main, as_pull_request
+
+    project.write("conftest.py", POISONABLE)
+    url = f"--memo-dir={bucket.url()}"
+    main, intruder = Keys(), Keys()
+    as_main(monkeypatch, main)
+    project.run_subprocess(url).assert_outcomes(passed=2)
+    signed = objects(bucket)
+    assert sorted(key.rsplit(".", 1)[1] for key in signed) == ["memo", "sig"]
+
+    # A pull request job: the public key only.  It hits what main signed, and what it
+    # computes (--memo-refresh here) goes nowhere, even with credentials that could write.
+    as_pull_request(monkeypatch, main)
+    pull = elsewhere()
+    pull.run(url).assert_outcomes(passed=2)
+    assert pull.calls() == []
+    pull.run(url, "--memo-refresh").assert_outcomes(passed=2)
+    assert pull.calls() == ["data"]
+    assert objects(bucket) == signed
+
+    # A job with a key of its own stores a forged value under main's key...
+    as_main(monkeypatch, intruder)
+    monkeypatch.setenv("POISON", "666")
+    elsewhere().run(url, "--memo-refresh").assert_outcomes(failed=1, passed=1)
+    assert objects(bucket) != signed
+    monkeypatch.delenv("POISON")
+    # ...which main, on a machine without a local copy, refuses, recomputes and replaces.
+    as_main(monkeypatch, main)
+    fresh = elsewhere()
+    result = fresh.run(url)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*refused the stored entry*not a trusted key*downloaded from s3*"])
+    assert fresh.calls() == ["data"]
+    as_pull_request(monkeypatch, main)
+    pull = elsewhere()
+    pull.run(url).assert_outcomes(passed=2)
+    assert pull.calls() == []
+
+    # An unsigned forged entry written straight into the bucket: refused too, by pull
+    # requests (which compute the right value and store nothing) and by main.
+    (memo,) = [key for key in objects(bucket) if key.endswith(".memo")]
+    forged = elsewhere()
+    monkeypatch.delenv("PYTEST_MEMO_TRUSTED_KEYS")
+    monkeypatch.setenv("POISON", "666")
+    forged.run("--memo-dir=.forged").assert_outcomes(failed=1, passed=1)
+    monkeypatch.delenv("POISON")
+    (local,) = forged.path.joinpath(".forged").glob("v1/entries/*/*.memo")
+    bucket.client.put_object(Bucket=bucket.name, Key=memo, Body=local.read_bytes())
+    for unsigned in ("with main's signature beside it", "without a signature"):
+        as_pull_request(monkeypatch, main)
+        pull = elsewhere()
+        result = pull.run(url)
+        result.assert_outcomes(passed=2, warnings=1)
+        result.stdout.fnmatch_lines(["*refused the stored entry*"])
+        assert pull.calls() == ["data"], unsigned
+        bucket.client.delete_object(Bucket=bucket.name, Key=memo[: -len(".memo")] + ".sig")
+    as_main(monkeypatch, main)
+    fresh = elsewhere()
+    result = fresh.run(url)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*refused the stored entry*not signed*"])
+    as_pull_request(monkeypatch, main)
+    pull = elsewhere()
+    pull.run(url).assert_outcomes(passed=2)
+    assert pull.calls() == []

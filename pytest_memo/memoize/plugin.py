@@ -17,7 +17,8 @@ from pytest_memo.memoize import cache as memory
 from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
-from pytest_memo.store.local import Store, StoreRepairWarning, secret_from_environment
+from pytest_memo.store import signing
+from pytest_memo.store.local import Store, StoreRepairWarning
 from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
 
 MEMO = pytest.StashKey[FixtureMemo]()
@@ -87,7 +88,7 @@ def _store(config: pytest.Config) -> Store:
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
         return remote_store(config, location)
-    return Store(local_directory(config.rootpath, location), secret=secret_from_environment())
+    return Store(local_directory(config.rootpath, location), signing=signing.from_environment())
 
 
 def _max_size(config: pytest.Config) -> int | None:

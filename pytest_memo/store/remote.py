@@ -45,9 +45,9 @@ from pytest_memo.store.local import (
     EntryInfo,
     Store,
     mark_cache_directory,
-    secret_from_environment,
 )
 from pytest_memo.store.location import DEFAULT_DIRECTORY, LAYOUT, local_directory
+from pytest_memo.store.signing import Signing, from_environment
 
 __all__ = ["RemoteStore", "local_cache", "open_filesystem", "remote_store"]
 
@@ -89,8 +89,9 @@ class RemoteStore(Store):
         storage_options: dict[str, Any] | None = None,
         secret: bytes | None = None,
         warn: Callable[[str], None] | None = None,
+        signing: Signing | None = None,
     ) -> None:
-        super().__init__(root, secret=secret)
+        super().__init__(root, secret=secret, signing=signing)
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
         self._warn = warn or _warn
@@ -149,8 +150,8 @@ class RemoteStore(Store):
         return not ATOMIC_PUT_PROTOCOLS.isdisjoint(protocols)
 
     def _sidecars(self) -> list[str]:
-        """Suffixes of the files that travel with an entry: its signature, with a secret."""
-        return [".sig"] if self.secret is not None else []
+        """Suffixes of the files that travel with an entry: its signature, when signed."""
+        return [".sig"] if self.signing is not None else []
 
     def prepare(self) -> None:
         """Create the local cache; then, once per process, check that the remote answers,
@@ -181,7 +182,8 @@ class RemoteStore(Store):
         try:
             return super().read(key, mmap=mmap)
         except CorruptFileError as error:
-            raise CorruptFileError(f"{error} (downloaded from {self.url})") from None
+            # The same kind of error (UntrustedEntryError: refused, not damaged), located.
+            raise type(error)(f"{error} (downloaded from {self.url})") from None
 
     def _download(self, key: str) -> bool:
         """Bring the remote entry into the local cache; False if there is none (or no remote)."""
@@ -224,7 +226,7 @@ class RemoteStore(Store):
 
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
         size = super().write(key, info, value, compress=compress)
-        if self.remote_usable and not self._uploads_off:
+        if self.remote_usable and not self._uploads_off and self.keeps_computed:
             self._upload(key)
         return size
 
@@ -346,8 +348,8 @@ def remote_store(config: pytest.Config, url: str) -> RemoteStore:
         local_cache(config.rootpath, url),
         url,
         options,
-        secret=secret_from_environment(),
         warn=warn,
+        signing=from_environment(),
     )
     if getattr(config, "workerinput", {}).get(WORKER_INPUT):
         store.remote_unusable()  # the main process has warned about it
