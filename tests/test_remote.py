@@ -478,3 +478,151 @@ def test_pull_requests_verify_with_the_public_key_and_cannot_poison_main(
     pull = elsewhere()
     pull.run(url).assert_outcomes(passed=2)
     assert pull.calls() == []
+
+
+# -- --memo-prune on a remote store: by last use, recorded in the remote ----------------
+
+FIXTURES = """
+@pytest.fixture(scope="session")
+@pytest.mark.memo
+def first():
+    record("first")
+    return 1
+
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo
+def second():
+    record("second")
+    return 2
+
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo
+def third():
+    record("third")
+    return 3
+"""
+
+
+@pytest.fixture
+def fixtures(project: MemoSuite) -> MemoSuite:
+    suite = project  # whose copies `elsewhere` makes
+    suite.write("conftest.py", FIXTURES)
+    (suite.path / "test_it.py").unlink()
+    for name in ("first", "second", "third"):
+        suite.write(f"test_{name}.py", f"def test_{name}({name}):\n    assert {name}\n")
+    return suite
+
+
+def server_clock_past(bucket: Bucket, seconds: float) -> None:
+    """Wait until the server's clock is ``seconds`` past the newest object in the bucket:
+    a run started then finds every object older than its start, whatever the precision
+    of object times (whole seconds)."""
+    listing = bucket.client.list_objects_v2(Bucket=bucket.name)["Contents"]
+    newest = max(item["LastModified"] for item in listing)
+    for _ in range(200):
+        bucket.client.put_object(Bucket=bucket.name, Key="clock-probe", Body=b"")
+        head = bucket.client.head_object(Bucket=bucket.name, Key="clock-probe")
+        bucket.client.delete_object(Bucket=bucket.name, Key="clock-probe")
+        if (head["LastModified"] - newest).total_seconds() > seconds:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the S3 server's clock does not advance")
+
+
+def stored(bucket: Bucket) -> set[str]:
+    """The keys of the entries in the bucket."""
+    return {key.rpartition("/")[2][: -len(".memo")] for key in entry_keys(bucket.keys())}
+
+
+def used(bucket: Bucket) -> set[str]:
+    return {key.rpartition("/")[2] for key in bucket.keys() if "/v1/used/" in key}  # noqa: SIM118
+
+
+@needs_s3
+def test_prune_removes_remote_entries_that_no_run_used_within_the_grace_period(
+    fixtures: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    url = f"--memo-dir={bucket.url()}"
+    fixtures.run_subprocess(url, "test_first.py").assert_outcomes(passed=1)
+    first = stored(bucket)
+    fixtures.run_subprocess(url, "test_second.py").assert_outcomes(passed=1)
+    (second,) = stored(bucket) - first
+    server_clock_past(bucket, 4)
+
+    # Another machine uses `first` (a hit, recorded in the remote) and prunes: with the
+    # default grace period (7 days) `second`, used minutes ago, stays.
+    result = elsewhere().run(url, "test_first.py", "--memo-prune")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["memo: 1 hit*0 unused removed (--memo-prune), 0 from the remote*"])
+    assert stored(bucket) == first | {second}
+    assert used(bucket) == first
+
+    # With no grace at all, what this run did not use, and no run used since it began,
+    # goes: `second`; `first`, used by this run, stays.
+    result = elsewhere().run(url, "test_first.py", "--memo-prune", "--memo-prune-grace=0")
+    result.stdout.fnmatch_lines(["memo: 1 hit*, 1 from the remote store"])
+    assert stored(bucket) == first
+    assert used(bucket) == first
+    later = elsewhere()
+    later.run(url).assert_outcomes(passed=3)
+    assert later.calls() == ["second", "third"]
+
+
+CONCURRENT_JOB = """
+import os
+import subprocess
+import sys
+
+
+def test_another_job_runs_meanwhile(first):
+    # Another CI job, on another machine, while this run goes on: it uses `second` and
+    # stores `third`.
+    other = os.environ["OTHER_JOB"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", os.environ["MEMO_DIR"]]
+    done = subprocess.run(command, cwd=other, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+"""
+
+
+@needs_s3
+def test_a_prune_keeps_what_a_concurrent_job_used_or_wrote(
+    fixtures: MemoSuite, bucket: Bucket, elsewhere: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"--memo-dir={bucket.url()}"
+    fixtures.run_subprocess(url, "test_first.py", "test_second.py").assert_outcomes(passed=2)
+    before = stored(bucket)
+    server_clock_past(bucket, 4)
+
+    other = elsewhere()
+    (other.path / "test_first.py").unlink()
+    pruner = elsewhere()
+    for name in ("test_second.py", "test_third.py"):
+        (pruner.path / name).unlink()
+    pruner.path.joinpath("test_concurrent.py").write_text(CONCURRENT_JOB)
+    monkeypatch.setenv("OTHER_JOB", str(other.path))
+    monkeypatch.setenv("MEMO_DIR", url)
+    result = pruner.run(url, "--memo-prune", "--memo-prune-grace=0")
+    result.assert_outcomes(passed=2)
+    assert other.calls() == ["third"]  # it hit `second` and computed `third`
+    result.stdout.fnmatch_lines(["memo: 1 hit*, 0 from the remote store"])
+    after = stored(bucket)
+    assert before < after  # `first` (this run's), `second` (used meanwhile), `third` (new)
+    assert len(after) == 3
+
+    # Once no one uses `second` and `third` any more, the next prune removes them.
+    server_clock_past(bucket, 4)
+    pruner.path.joinpath("test_concurrent.py").unlink()
+    result = pruner.run(url, "--memo-prune", "--memo-prune-grace=0")
+    result.stdout.fnmatch_lines(["memo: 1 hit*, 2 from the remote store"])
+    assert len(stored(bucket)) == 1
+
+
+@needs_s3
+def test_a_bad_grace_period_is_a_usage_error(fixtures: MemoSuite, bucket: Bucket) -> None:
+    result = fixtures.run_subprocess(f"--memo-dir={bucket.url()}", "--memo-prune-grace=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--memo-prune-grace / memo_prune_grace: 'soon' is not a duration*"]
+    )

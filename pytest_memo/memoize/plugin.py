@@ -59,6 +59,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "complete run; see the docs)",
     )
     group.addoption(
+        "--memo-prune-grace",
+        default=None,
+        metavar="DURATION",
+        help="with --memo-prune and a remote store: remove its entries that no run used "
+        "for DURATION (default: 7d; e.g. 12h, 0)",
+    )
+    group.addoption(
         "--memo-dir",
         default=None,
         help="the store directory (default: .pytest_memo), or a URL of a shared remote store: "
@@ -76,6 +83,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "memo_storage_options",
         "JSON object of fsspec storage options for a memo_dir URL (s3://..., gs://...)",
+        default="",
+    )
+    parser.addini(
+        "memo_prune_grace",
+        "--memo-prune on a remote store removes entries no run used for this long (7d)",
         default="",
     )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
@@ -318,6 +330,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     line = memo.stats.summary_line(size, where)
     if memo.pruned is not None:
         line += f"; {memo.pruned} unused removed (--memo-prune)"
+        remote = getattr(store, "remote_pruned", None)
+        if remote is not None:
+            line += f", {remote} from the remote store"
     terminalreporter.write_line(line)
     if config.get_verbosity() > 0:
         for line in memo.stats.table():
