@@ -403,9 +403,11 @@ def data():
 
 
 def objects(bucket: Bucket) -> dict[str, bytes]:
+    """The entries and signatures in the bucket (not the markers of their use)."""
     return {
         key: bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
         for key in bucket.keys()  # noqa: SIM118 (a method of Bucket, not a dict)
+        if "/v1/entries/" in key
     }
 
 
