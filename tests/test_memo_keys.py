@@ -546,13 +546,15 @@ def test_an_entry_that_no_longer_loads_is_recomputed(suite: MemoSuite) -> None:
         """
         import os
 
+        BROKEN = "THING_BROKEN"  # through a name: the key does not see the variable
+
 
         class Thing:
             def __init__(self):
                 self.x = 1
 
             def __setstate__(self, state):
-                if os.environ.get("THING_BROKEN"):
+                if os.environ.get(BROKEN):
                     raise RuntimeError("this Thing cannot be loaded")
                 self.__dict__.update(state)
         """,

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from pytest_memo.core.hashing import hash
+from pytest_memo.memoize import explain, reads
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized
-from pytest_memo.memoize.keys import CodeFingerprints, combine
+from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine
+from pytest_memo.memoize.marker import parse_age
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Store, secret_from_environment
 from pytest_memo.store.location import local_directory
@@ -50,7 +52,7 @@ def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
         directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
         store = Store(directory, secret=secret_from_environment())
         atexit.register(_save_hits, store)
-        use_store(Memoized(store, RunStats()), Path.cwd())
+        use_store(Memoized(store, RunStats(), Path.cwd()), Path.cwd())
     assert _Active.engine is not None and _Active.fingerprints is not None
     return _Active.engine, _Active.fingerprints
 
@@ -73,6 +75,7 @@ def cache(
     version: object = None,
     compress: object = None,
     mmap: bool = False,
+    max_age: float | str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -83,13 +86,16 @@ def cache(
     version: object = None,
     compress: object = None,
     mmap: bool = False,
+    max_age: float | str | None = None,
 ) -> Any:
     """Memoize ``function`` in the pytest-memo store.
 
     ``ignore`` names arguments left out of the key (a verbosity flag, a logger);
-    ``version`` invalidates by hand; ``compress`` and ``mmap`` are as for fixtures.
+    ``version`` invalidates by hand; ``compress``, ``mmap`` and ``max_age`` are as for
+    fixtures.
     """
     ignored = frozenset(ignore)
+    seconds = parse_age(max_age, "pytest_memo.cache")
 
     def decorate(function: F) -> F:
         signature = inspect.signature(function)
@@ -100,22 +106,39 @@ def cache(
                 f"{function.__qualname__} does not take"
             )
         identity = f"{function.__module__}:{function.__qualname__}"
+        environment_names: list[str] | None = None
 
         @functools.wraps(function)
         def memoized(*args: Any, **kwargs: Any) -> Any:
             engine, fingerprints = _current()
 
             def lookup() -> Lookup:
+                nonlocal environment_names
                 bound = signature.bind(*args, **kwargs)
                 bound.apply_defaults()
                 arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
                 digest = hash(arguments, _Active.rootdir)
+                if environment_names is None:
+                    environment_names = reads.environment_names(
+                        function, fingerprints.module_in_project
+                    )
+                environment = {name: hash(os.environ.get(name)) for name in environment_names}
+
+                def parts() -> explain.Parts:
+                    found = explain.code_parts(fingerprints, function)
+                    found["version"] = [hash(version), explain.readable(version), None]
+                    for name, value in environment.items():
+                        found[f"env:{name}"] = [value, None, None]
+                    found["python"] = [PYTHON, PYTHON, None]
+                    return found
+
                 return Lookup(
                     key=combine(
                         identity=identity,
                         code=fingerprints.of(function),
                         arguments=digest,
                         version=hash(version),
+                        **({"environment": environment} if environment else {}),
                     ),
                     name=identity,
                     what=f"function {identity}",
@@ -123,6 +146,8 @@ def cache(
                     source=identity,
                     mmap=mmap,
                     compress=compress,
+                    parts=parts,
+                    max_age=seconds,
                 )
 
             return engine.get_or_compute(lambda: function(*args, **kwargs), lookup)

@@ -17,10 +17,12 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
+from pytest_memo.memoize import explain, reads
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Entry, EntryInfo, Store
 
@@ -39,6 +41,9 @@ class Lookup:
     mmap: bool = False
     compress: object = None
     stale_before: float | None = None  # --memo-refresh: entries written before are recomputed
+    # The named parts of the key (see explain.py), computed only when the value is.
+    parts: Callable[[], explain.Parts] | None = field(default=None, compare=False)
+    max_age: float | None = None  # seconds: older entries are recomputed
 
 
 class Claim:
@@ -59,11 +64,14 @@ class Claim:
 class Memoized:
     """Values kept in ``store``, counted in ``stats``."""
 
-    def __init__(self, store: Store, stats: RunStats) -> None:
+    def __init__(self, store: Store, stats: RunStats, rootdir: Path | None = None) -> None:
         self._store = store
         self.stats = stats
         self._broken = False
         self._prepared = False
+        # With a rootdir, the files a value reads under it are recorded and checked on hits.
+        self.rootdir = rootdir
+        self._reasons: dict[str, str] = {}  # key -> why its own entry was not used
 
     @property
     def store(self) -> Store | None:
@@ -106,14 +114,59 @@ class Memoized:
             try:
                 entry = self._read(store, lookup)  # computed by another process meanwhile?
                 if entry is None:
-                    yield Claim(
-                        None, lambda value, seconds: self._keep(store, lookup, value, seconds)
-                    )
+                    with self._computing(store, lookup) as (parts, recorder):
+                        yield Claim(
+                            None,
+                            lambda value, seconds: self._keep(
+                                store, lookup, value, seconds, parts, recorder
+                            ),
+                        )
                     return
             finally:
                 lock.release()
         self._hit(store, lookup, entry)
         yield Claim(entry, None)
+
+    @contextlib.contextmanager
+    def _computing(
+        self, store: Store, lookup: Lookup
+    ) -> Iterator[tuple[explain.Parts, reads.Recorder | None]]:
+        """While the value is computed: say why, and record the files it reads."""
+        reason = self._reasons.pop(lookup.key, None)
+        try:
+            parts = lookup.parts() if lookup.parts is not None else {}
+        except Exception:  # a part that cannot be described must not fail the test
+            parts = {}
+        try:
+            why = explain.explanation(store, lookup.slot, lookup.key, parts, reason)
+        except OSError:
+            why = "the store index cannot be read"
+        self.stats.explain(lookup.name, why)
+        if self.rootdir is None:
+            yield parts, None
+            return
+        with reads.recording(self.rootdir, store.root) as recorder:
+            yield parts, recorder
+
+    def _stale(self, store: Store, lookup: Lookup, entry: Entry) -> str | None:
+        """Why a stored entry may not be used although its key matches, or None."""
+        if lookup.max_age is not None and time.time() - entry.info.created > lookup.max_age:
+            return f"older than max_age ({explain.age(time.time() - entry.info.created)})"
+        if self.rootdir is None:
+            return None
+        manifest = explain.read_manifest(store, lookup.key)
+        if manifest is None or not manifest.files:
+            return None
+        if abs(manifest.created - entry.info.created) > 1e-3:
+            return "its entry was rewritten meanwhile"
+        changed, touched = reads.check_files(self.rootdir, manifest.files)
+        if changed is not None:
+            return f"{changed} changed"
+        if touched:  # same content, new modification time: compare sizes and times again
+            with contextlib.suppress(OSError):
+                explain.write_manifest(store, lookup.key, manifest)
+        reads.note_files(manifest.files, self.rootdir)
+        return None
 
     def _usable_store(self) -> Store | None:
         # Prepared once per process before the first lookup, so that a store that cannot
@@ -151,6 +204,9 @@ class Memoized:
             return None
         if entry is not None and entry.info.fixture != lookup.name:
             return None  # not ours: never serve another fixture's value
+        if entry is not None and (reason := self._stale(store, lookup, entry)) is not None:
+            self._reasons[lookup.key] = reason
+            return None
         return entry
 
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
@@ -162,7 +218,15 @@ class Memoized:
         except OSError as error:
             self._fail(error)
 
-    def _keep(self, store: Store, lookup: Lookup, value: Any, seconds: float) -> None:
+    def _keep(
+        self,
+        store: Store,
+        lookup: Lookup,
+        value: Any,
+        seconds: float,
+        parts: explain.Parts,
+        recorder: reads.Recorder | None,
+    ) -> None:
         stats = self.stats.of(lookup.name)
         stats.misses += 1
         stats.seconds_computed += seconds
@@ -187,6 +251,12 @@ class Memoized:
             return
         if invalidated:
             stats.invalidated += 1
+        files = {}
+        if recorder is not None and self.rootdir is not None:
+            files = {path: reads.file_state(self.rootdir, path) for path in sorted(recorder.files)}
+        manifest = explain.Manifest({"created": info.created, "parts": parts, "files": files})
+        with contextlib.suppress(OSError):  # the entry stands without it
+            explain.write_manifest(store, lookup.key, manifest)
 
     def _fail(self, error: OSError) -> None:
         if not self._broken:

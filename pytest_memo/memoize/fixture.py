@@ -9,7 +9,8 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+import os
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import pytest
 
 from pytest_memo.core.hashing import UnhashableError, hash
 from pytest_memo.core.inspection import names, reads_requesting_test, setting_names
+from pytest_memo.memoize import explain, reads
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
-from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
+from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.pytest_compat import PYTEST_PER_RUN_FIXTURES, active_fixturedef
@@ -44,11 +46,12 @@ class FixtureMemo:
         self.engine: Memoized | NotMemoized = (
             NotMemoized(self.stats)
             if settings.store is None
-            else Memoized(settings.store, self.stats)
+            else Memoized(settings.store, self.stats, settings.rootdir)
         )
         self.pruned: int | None = None  # entries removed by --memo-prune
         self.fingerprints = CodeFingerprints(settings.rootdir)
         self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
+        self._environment: dict[object, list[str]] = {}  # function -> variables it reads
 
     @property
     def store(self) -> Store | None:
@@ -80,7 +83,7 @@ class FixtureMemo:
                 "request those fixtures as arguments instead"
             )
             return (yield)
-        key, slot = self._key(fixturedef, request, options)
+        key, slot, parts = self._key(fixturedef, request, options)
         self._keys[fixturedef] = key
         self.stats.used_slots.add(slot)
         lookup = Lookup(
@@ -92,6 +95,8 @@ class FixtureMemo:
             mmap=options.mmap,
             compress=options.compress,
             stale_before=self.settings.run_started if self.settings.refresh else None,
+            parts=parts,
+            max_age=options.max_age,
         )
         with self.engine.claim(lookup) as claim:
             if claim.entry is not None:
@@ -102,7 +107,9 @@ class FixtureMemo:
 
     # -- keys -----------------------------------------------------------------
 
-    def _key(self, fixturedef: Any, request: Any, options: MemoOptions) -> tuple[str, str]:
+    def _key(
+        self, fixturedef: Any, request: Any, options: MemoOptions
+    ) -> tuple[str, str, Callable[[], explain.Parts]]:
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
         # The source file (relative to the rootdir) tells apart same-named conftest modules.
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
@@ -125,6 +132,7 @@ class FixtureMemo:
                 warn(
                     f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches no file"
                 )
+        environment = self._environment_read(function)
         key = combine(
             identity=identity,
             code=self.fingerprints.of(function),
@@ -133,8 +141,39 @@ class FixtureMemo:
             files=files,
             version=hash(options.version),
             command_line=options_read,
+            **({"environment": environment} if environment else {}),
         )
-        return key, combine(identity=identity, param=param)
+
+        def parts() -> explain.Parts:
+            found = explain.code_parts(self.fingerprints, function)
+            for name, dependency in dependencies.items():
+                found[f"dependency:{name}"] = [hash(dependency), dependency[0], None]
+            for pattern in options.depends:
+                for path in sorted(self.settings.rootdir.glob(pattern)):
+                    if path.is_file():
+                        relative = path.relative_to(self.settings.rootdir).as_posix()
+                        found[f"file:{relative}"] = [reads.file_digest(path), None, None]
+            found["version"] = [hash(options.version), explain.readable(options.version), None]
+            for name, digest in (options_read or {}).items():
+                kind, _, text = name.partition(":")
+                getter = request.config.getoption if kind == "option" else request.config.getini
+                found[name] = [digest, explain.readable(getter(text)), None]
+            for name, digest in environment.items():
+                found[f"env:{name}"] = [digest, None, None]
+            found["python"] = [PYTHON, PYTHON, None]
+            return found
+
+        return key, combine(identity=identity, param=param), parts
+
+    def _environment_read(self, function: Any) -> dict[str, str]:
+        """The environment variables the fixture's code (and the project code it calls)
+        reads by name, with digests of their values in this run."""
+        names = self._environment.get(function)
+        if names is None:
+            names = self._environment[function] = reads.environment_names(
+                function, self.fingerprints.module_in_project
+            )
+        return {name: hash(os.environ.get(name)) for name in names}
 
     def _param(self, fixturedef: Any, request: Any) -> str | None:
         if not hasattr(request, "param"):

@@ -47,6 +47,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--memo-show", action="store_true", help="list the stored values and exit")
     group.addoption(
+        "--memo-explain",
+        action="store_true",
+        help="say, for each memoized value computed in the run, what changed since the "
+        "earlier entry of the same fixture and parameter",
+    )
+    group.addoption(
         "--memo-prune",
         action="store_true",
         help="after the run, remove stored values it did not use (all of them only after a "
@@ -127,7 +133,8 @@ def _show(config: pytest.Config, session: pytest.Session) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "memo(version=None, ignore=(), depends=(), compress=None, mmap=False): store the "
+        "memo(version=None, ignore=(), depends=(), compress=None, mmap=False, max_age=None): "
+        "store the "
         "fixture's value on disk and load it on later runs while its code, parameters, "
         "dependencies and files are unchanged (pytest-memo)",
     )
@@ -262,6 +269,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if memo.pruned is not None:
         line += f"; {memo.pruned} unused removed (--memo-prune)"
     terminalreporter.write_line(line)
+    if config.getoption("memo_explain"):
+        for name, reason in memo.stats.explained:
+            terminalreporter.write_line(f"  {name}: {reason}")
     if config.get_verbosity() > 0:
         for line in memo.stats.table():
             terminalreporter.write_line("  " + line)

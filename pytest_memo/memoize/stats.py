@@ -76,6 +76,11 @@ class RunStats:
     # Keys looked up and slots filled during the run, for --memo-prune.
     used_keys: set[str] = field(default_factory=set)
     used_slots: set[str] = field(default_factory=set)
+    # Why each value computed in the run was computed (--memo-explain): (name, reason).
+    explained: list[tuple[str, str]] = field(default_factory=list)
+
+    def explain(self, name: str, reason: str) -> None:
+        self.explained.append((name, reason))
 
     def of(self, name: str) -> FixtureStats:
         return self.fixtures.setdefault(name, FixtureStats())
@@ -88,6 +93,7 @@ class RunStats:
                 setattr(mine, attribute, getattr(mine, attribute) + value)
         self.used_keys.update(other.get("used_keys", ()))
         self.used_slots.update(other.get("used_slots", ()))
+        self.explained.extend((name, reason) for name, reason in other.get("explained", ()))
 
     def as_dict(self) -> dict[str, Any]:
         """Plain lists and dicts: what xdist and --par workers send to the main process."""
@@ -95,6 +101,7 @@ class RunStats:
             "fixtures": {name: asdict(stats) for name, stats in self.fixtures.items()},
             "used_keys": sorted(self.used_keys),
             "used_slots": sorted(self.used_slots),
+            "explained": [list(item) for item in self.explained],
         }
 
     def total(self) -> FixtureStats:

@@ -200,6 +200,7 @@ class Store:
     def remove(self, key: str) -> None:
         self.entry_path(key).unlink(missing_ok=True)
         self.entry_path(key).with_suffix(".sig").unlink(missing_ok=True)
+        self.entry_path(key).with_suffix(".parts").unlink(missing_ok=True)  # see explain.py
         with self._index() as index:
             index.execute("DELETE FROM entries WHERE key = ?", (key,))
 
@@ -286,6 +287,12 @@ class Store:
                 "SELECT 1 FROM entries WHERE slot = ? AND key != ? LIMIT 1", (slot, key)
             ).fetchone()
         return row is not None
+
+    def keys_in_slot(self, slot: str) -> list[tuple[str, float]]:
+        """The keys of the entries in ``slot``, with the time each was created."""
+        with self._index() as index:
+            rows = index.execute("SELECT key, created FROM entries WHERE slot = ?", (slot,))
+            return [(str(key), float(created)) for key, created in rows.fetchall()]
 
     def note_hit(self, entry: Entry) -> None:
         """Count a hit; written to the index in one transaction by :meth:`flush`."""
