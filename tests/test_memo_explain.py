@@ -313,3 +313,103 @@ def test_describe_reads_package_versions_options_and_removed_parts() -> None:
         "numpy 2.4.5 -> 2.4.6",
         "option size: 1 -> 2",
     ]
+
+
+# -- the command line: --memo-show, --memo-clear, --memo-max-size ---------------------------
+
+SHOW_FIXTURES = """
+@pytest.fixture
+@pytest.mark.memo(version=7)
+def alpha():
+    record("alpha")
+    return "a"
+
+
+@pytest.fixture(params=[1, 2])
+@pytest.mark.memo
+def beta(request):
+    record(f"beta{request.param}")
+    return request.param
+"""
+
+
+@pytest.fixture
+def shown(suite: MemoSuite) -> MemoSuite:
+    suite.write("conftest.py", SHOW_FIXTURES)
+    suite.write("test_it.py", "def test_both(alpha, beta):\n    pass\n")
+    suite.run().assert_outcomes(passed=2)
+    return suite
+
+
+def test_memo_show_filters_by_name_and_shows_parameters_and_totals(shown: MemoSuite) -> None:
+    result = shown.run("--memo-show=be*")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "fixture  param  *key*size*created*last used*hits*saved",
+            "beta     1  *",
+            "beta     2  *",
+            "2 entries of 1 fixture, * B, 0.0 s saved so far",
+        ]
+    )
+    assert "alpha" not in result.stdout.str()
+    shown.run("--memo-show=gamma").stdout.fnmatch_lines(["no stored values match 'gamma'"])
+
+
+def test_memo_show_verbose_shows_each_entry_s_parts(shown: MemoSuite) -> None:
+    result = shown.run("--memo-show=alpha", "-v")
+    result.stdout.fnmatch_lines(
+        ["alpha  *", "    code: * (conftest.py)", "    version: 7", "    python: 3.*"]
+    )
+
+
+def test_memo_clear_says_what_it_removed_or_that_nothing_matched(shown: MemoSuite) -> None:
+    result = shown.run("--memo-clear=gamma")
+    result.stdout.fnmatch_lines(
+        ["memo: *; --memo-clear=gamma: no stored values of a fixture named 'gamma'"]
+    )
+    shown.run("--memo-clear=beta").stdout.fnmatch_lines(
+        ["memo: *; 2 of fixture 'beta' removed (--memo-clear)"]
+    )
+    shown.run("--memo-clear").stdout.fnmatch_lines(["memo: *; 3 removed (--memo-clear)"])
+    shown.run("--memo-max-size=1B").stdout.fnmatch_lines(
+        ["memo: *; 3 least recently used removed (--memo-max-size 1 B)"]
+    )
+
+
+# -- pytest_memo.cache: clear() and check_call_in_cache() ----------------------------------
+
+
+def test_cached_function_clear_and_check_call_in_cache(suite: MemoSuite) -> None:
+    suite.write(
+        "test_it.py",
+        """
+        import pytest_memo
+        from memo_log import record
+
+
+        @pytest_memo.cache
+        def square(x):
+            record(f"square{x}")
+            return x * x
+
+
+        @pytest_memo.cache
+        def other(x):
+            return x
+
+
+        def test_it():
+            assert not square.check_call_in_cache(2)
+            assert square(2) == 4 and square(3) == 9 and other(1) == 1
+            assert square.check_call_in_cache(2)
+            assert square.check_call_in_cache(x=3)
+            assert not square.check_call_in_cache(4)
+            assert square.clear() == 2
+            assert not square.check_call_in_cache(2)
+            assert other.check_call_in_cache(1)  # another function's values stay
+            assert square(2) == 4
+        """,
+    )
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["square2", "square3", "square2"]

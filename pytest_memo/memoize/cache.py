@@ -108,50 +108,68 @@ def cache(
         identity = f"{function.__module__}:{function.__qualname__}"
         environment_names: list[str] | None = None
 
+        def lookup(
+            fingerprints: CodeFingerprints, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Lookup:
+            nonlocal environment_names
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
+            digest = hash(arguments, _Active.rootdir)
+            if environment_names is None:
+                environment_names = reads.environment_names(
+                    function, fingerprints.module_in_project
+                )
+            environment = {name: hash(os.environ.get(name)) for name in environment_names}
+
+            def parts() -> explain.Parts:
+                found = explain.code_parts(fingerprints, function)
+                found["version"] = [hash(version), explain.readable(version), None]
+                for name, value in environment.items():
+                    found[f"env:{name}"] = [value, None, None]
+                found["python"] = [PYTHON, PYTHON, None]
+                shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+                found["param"] = [digest, explain.readable(shown, 40), None]
+                return found
+
+            return Lookup(
+                key=combine(
+                    identity=identity,
+                    code=fingerprints.of(function),
+                    arguments=digest,
+                    version=hash(version),
+                    **({"environment": environment} if environment else {}),
+                ),
+                name=identity,
+                what=f"function {identity}",
+                slot=combine(identity=identity, arguments=digest),
+                source=identity,
+                mmap=mmap,
+                compress=compress,
+                parts=parts,
+                max_age=seconds,
+            )
+
         @functools.wraps(function)
         def memoized(*args: Any, **kwargs: Any) -> Any:
             engine, fingerprints = _current()
+            return engine.get_or_compute(
+                lambda: function(*args, **kwargs), lambda: lookup(fingerprints, args, kwargs)
+            )
 
-            def lookup() -> Lookup:
-                nonlocal environment_names
-                bound = signature.bind(*args, **kwargs)
-                bound.apply_defaults()
-                arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
-                digest = hash(arguments, _Active.rootdir)
-                if environment_names is None:
-                    environment_names = reads.environment_names(
-                        function, fingerprints.module_in_project
-                    )
-                environment = {name: hash(os.environ.get(name)) for name in environment_names}
+        def clear() -> int:
+            """Remove this function's stored values; returns how many were removed."""
+            engine, _ = _current()
+            store = engine.store
+            return 0 if store is None else store.clear(identity)
 
-                def parts() -> explain.Parts:
-                    found = explain.code_parts(fingerprints, function)
-                    found["version"] = [hash(version), explain.readable(version), None]
-                    for name, value in environment.items():
-                        found[f"env:{name}"] = [value, None, None]
-                    found["python"] = [PYTHON, PYTHON, None]
-                    return found
+        def check_call_in_cache(*args: Any, **kwargs: Any) -> bool:
+            """Whether a call with these arguments would load a stored value."""
+            engine, fingerprints = _current()
+            return engine.contains(lookup(fingerprints, args, kwargs))
 
-                return Lookup(
-                    key=combine(
-                        identity=identity,
-                        code=fingerprints.of(function),
-                        arguments=digest,
-                        version=hash(version),
-                        **({"environment": environment} if environment else {}),
-                    ),
-                    name=identity,
-                    what=f"function {identity}",
-                    slot=combine(identity=identity, arguments=digest),
-                    source=identity,
-                    mmap=mmap,
-                    compress=compress,
-                    parts=parts,
-                    max_age=seconds,
-                )
-
-            return engine.get_or_compute(lambda: function(*args, **kwargs), lookup)
-
+        memoized.clear = clear  # type: ignore[attr-defined]
+        memoized.check_call_in_cache = check_call_in_cache  # type: ignore[attr-defined]
         return memoized  # type: ignore[return-value]
 
     return decorate(function) if function is not None else decorate

@@ -92,6 +92,22 @@ class Memoized:
             claim.keep(value)
             return value
 
+    def contains(self, lookup: Lookup) -> bool:
+        """Whether ``lookup`` would load a stored value (without loading it)."""
+        store = self._usable_store()
+        if store is None:
+            return False
+        try:
+            written = store.entry_path(lookup.key).stat().st_mtime
+        except OSError:
+            return False
+        if lookup.max_age is not None and time.time() - written > lookup.max_age:
+            return False
+        manifest = explain.read_manifest(store, lookup.key) if self.rootdir else None
+        if manifest is not None and self.rootdir is not None and manifest.files:
+            return reads.check_files(self.rootdir, manifest.files)[0] is None
+        return True
+
     @contextlib.contextmanager
     def claim(self, lookup: Lookup) -> Iterator[Claim]:
         """The stored entry, or a claim to compute it, holding the key's lock until the
@@ -280,6 +296,9 @@ class NotMemoized:
 
     def get_or_compute(self, compute: Callable[[], Any], lookup: Callable[[], Lookup]) -> Any:
         return compute()
+
+    def contains(self, lookup: Lookup) -> bool:
+        return False
 
     @contextlib.contextmanager
     def claim(self, lookup: Lookup) -> Iterator[Claim]:

@@ -258,3 +258,16 @@ def explanation(store: Store, slot: str, key: str, parts: Parts, reason: str | N
         return "an earlier entry exists, with no record of its parts (stored by an older version)"
     changes = describe(manifest.parts, parts)
     return ", ".join(changes) if changes else "its key changed"
+
+
+def detail_lines(manifest: Manifest | None) -> list[str]:
+    """An entry's parts for ``--memo-show -v``."""
+    if manifest is None:
+        return ["(no record of its parts)"]
+    lines = []
+    for name in sorted(manifest.parts, key=_rank):
+        digest, shown, where = manifest.parts[name]
+        text = shown if shown is not None else str(digest)[:12]
+        lines.append(f"{name}: {text}" + (f" ({where})" if where else ""))
+    lines.extend(f"read: {path}" for path in sorted(manifest.files))
+    return lines

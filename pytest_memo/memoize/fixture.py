@@ -49,6 +49,7 @@ class FixtureMemo:
             else Memoized(settings.store, self.stats, settings.rootdir)
         )
         self.pruned: int | None = None  # entries removed by --memo-prune
+        self.removed: list[str] = []  # what --memo-clear and --memo-max-size removed
         self.fingerprints = CodeFingerprints(settings.rootdir)
         self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
         self._environment: dict[object, list[str]] = {}  # function -> variables it reads
@@ -161,6 +162,8 @@ class FixtureMemo:
             for name, digest in environment.items():
                 found[f"env:{name}"] = [digest, None, None]
             found["python"] = [PYTHON, PYTHON, None]
+            if hasattr(request, "param"):
+                found["param"] = [param, explain.readable(request.param, 40), None]
             return found
 
         return key, combine(identity=identity, param=param), parts

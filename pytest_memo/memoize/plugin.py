@@ -4,6 +4,7 @@ the work is done in ``fixture_memo`` and ``store``, which know nothing of these 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -12,9 +13,9 @@ from typing import Any
 import pytest
 
 from pytest_memo.memoize import cache as memory
-from pytest_memo.memoize import marker
+from pytest_memo.memoize import explain, marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
-from pytest_memo.memoize.stats import listing_table, parse_size
+from pytest_memo.memoize.stats import format_size, listing_table, listing_totals, parse_size
 from pytest_memo.store.local import Store, secret_from_environment
 from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
 
@@ -45,7 +46,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="recompute memoized fixtures and store them again",
     )
-    group.addoption("--memo-show", action="store_true", help="list the stored values and exit")
+    group.addoption(
+        "--memo-show",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="GLOB",
+        help="list the stored values (of the fixtures whose names match GLOB) and exit; "
+        "with -v, the parts of each entry's key",
+    )
     group.addoption(
         "--memo-explain",
         action="store_true",
@@ -107,7 +116,7 @@ def _is_worker(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    if not config.getoption("memo_show"):
+    if config.getoption("memo_show") is None:
         return None
     # wrap_session configures the terminal, as --cache-show does
     from pytest_memo.pytest_compat import wrap_session
@@ -116,17 +125,35 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def _show(config: pytest.Config, session: pytest.Session) -> int:
+    pattern = config.getoption("memo_show")
     store = _store(config)
     try:
-        entries = store.listing()
+        entries = [
+            entry for entry in store.listing() if fnmatch.fnmatchcase(entry.fixture, pattern)
+        ]
+        manifests = {entry.key: explain.read_manifest(store, entry.key) for entry in entries}
     finally:
         store.close()
+    params = {
+        key: str(manifest.parts["param"][1])
+        for key, manifest in manifests.items()
+        if manifest is not None and "param" in manifest.parts
+    }
+    entries.sort(key=lambda entry: (entry.fixture, params.get(entry.key, ""), -entry.last_used))
     writer = config.get_terminal_writer()
     writer.sep("-", f"pytest-memo store: {store.root}")
     if not entries:
-        writer.line("(empty)")
-    for line in listing_table(entries):
-        writer.line(line)
+        writer.line("(empty)" if pattern == "*" else f"no stored values match {pattern!r}")
+        return 0
+    verbose = config.get_verbosity() > 0
+    header, *rows = listing_table(entries, params=params)
+    writer.line(header)
+    for entry, row in zip(entries, rows, strict=True):
+        writer.line(row)
+        if verbose:
+            for line in explain.detail_lines(manifests[entry.key]):
+                writer.line(f"    {line}")
+    writer.line(listing_totals(entries))
     return 0
 
 
@@ -163,6 +190,7 @@ def _prepare(config: pytest.Config, store: Store) -> None:
         store.prepare()
         if clear is not None:
             removed = store.clear(None if clear == CLEAR_ALL else clear)
+            config.stash[MEMO].removed.append(_cleared(clear, removed))
             # ``--memo-clear tests/`` takes the path as a fixture name (the option's value
             # is optional) and the run would go on without it: refuse rather than run
             # other tests with nothing cleared.
@@ -218,7 +246,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 memo.stats.used_keys, memo.stats.used_slots, everything=everything
             )
         if (limit := _max_size(config)) is not None:
-            memo.store.evict(limit)
+            evicted = memo.store.evict(limit)
+            memo.removed.append(
+                f"{len(evicted)} least recently used removed (--memo-max-size {format_size(limit)})"
+            )
     except OSError as error:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"pytest-memo: cannot update the store index: {error}"),
@@ -233,6 +264,14 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
     if items:
         config = items[0].config
         config.stash[DESELECTED] = config.stash.get(DESELECTED, 0) + len(items)
+
+
+def _cleared(clear: str, removed: int) -> str:
+    if clear == CLEAR_ALL:
+        return f"{removed} removed (--memo-clear)"
+    if removed:
+        return f"{removed} of fixture {clear!r} removed (--memo-clear)"
+    return f"--memo-clear={clear}: no stored values of a fixture named {clear!r}"
 
 
 def _ran_everything(session: pytest.Session) -> bool:
@@ -257,7 +296,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.settings.store is None:
         return
-    if not memo.stats.fixtures and memo.pruned is None:
+    if not memo.stats.fixtures and memo.pruned is None and not memo.removed:
         return
     store = memo.settings.store
     try:
@@ -268,6 +307,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     line = memo.stats.summary_line(size, where)
     if memo.pruned is not None:
         line += f"; {memo.pruned} unused removed (--memo-prune)"
+    for removed in memo.removed:
+        line += f"; {removed}"
     terminalreporter.write_line(line)
     if config.getoption("memo_explain"):
         for name, reason in memo.stats.explained:

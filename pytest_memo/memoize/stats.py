@@ -139,14 +139,18 @@ class RunStats:
         return _aligned(rows)
 
 
-def listing_table(entries: list[Listing], now: float | None = None) -> list[str]:
-    """The ``--memo-show`` table."""
+def listing_table(
+    entries: list[Listing], now: float | None = None, params: dict[str, str] | None = None
+) -> list[str]:
+    """The ``--memo-show`` table; ``params`` the readable parameter of each key."""
     now = time.time() if now is None else now
-    rows = [("fixture", "key", "size", "created", "last used", "hits", "saved")]
+    params = params or {}
+    rows = [("fixture", "param", "key", "size", "created", "last used", "hits", "saved")]
     for entry in entries:
         rows.append(
             (
                 entry.fixture,
+                params.get(entry.key, ""),
                 entry.key[:12],
                 format_size(entry.size),
                 format_age(now - entry.created),
@@ -155,15 +159,29 @@ def listing_table(entries: list[Listing], now: float | None = None) -> list[str]
                 f"{entry.hits * entry.seconds:.1f} s",
             )
         )
-    return _aligned(rows)
+    if not params:  # no parametrized fixture: no parameter column
+        return _aligned([row[:1] + row[2:] for row in rows])
+    return _aligned(rows, left=2)
 
 
-def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
+def listing_totals(entries: list[Listing]) -> str:
+    size = sum(entry.size for entry in entries)
+    saved = sum(entry.hits * entry.seconds for entry in entries)
+    fixtures = len({entry.fixture for entry in entries})
+    return (
+        f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'} of {fixtures} "
+        f"fixture{'s' * (fixtures != 1)}, {format_size(size)}, {saved:.1f} s saved so far"
+    )
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], left: int = 1) -> list[str]:
+    """Columns aligned: the first ``left`` to the left, the others (numbers) to the right."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        cells = [
+            cell.ljust(width) if column < left else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
     return lines
