@@ -413,3 +413,45 @@ def test_cached_function_clear_and_check_call_in_cache(suite: MemoSuite) -> None
     )
     suite.run().assert_outcomes(passed=1)
     assert suite.calls() == ["square2", "square3", "square2"]
+
+
+# -- warnings point at the user's code ------------------------------------------------------
+
+
+def test_warnings_point_at_the_fixture_and_the_cached_function(suite: MemoSuite) -> None:
+    suite.write(
+        "conftest.py",
+        """
+        import threading
+
+        import pytest_memo
+
+
+        @pytest.fixture
+        @pytest.mark.memo(depends=["missing/*.csv"])
+        def lock():
+            return threading.Lock()
+
+
+        @pytest_memo.cache
+        def make_lock():
+            return threading.Lock()
+        """,
+    )
+    suite.write(
+        "test_it.py", "from conftest import make_lock\n\ndef test_it(lock):\n    make_lock()\n"
+    )
+    result = suite.run()
+    result.assert_outcomes(passed=1, warnings=3)
+    # A function's first line is its first decorator: line 10 of the conftest (after the
+    # suite's prelude and the imports) for the fixture, 16 for the cached function.
+    result.stdout.fnmatch_lines(
+        [
+            "*conftest.py:10: MemoWarning: pytest-memo: depends pattern 'missing/*.csv'*",
+            "*conftest.py:10: MemoWarning: pytest-memo: the value of fixture 'lock' could not*",
+            "*conftest.py:16: MemoWarning: pytest-memo: the value of function *make_lock*",
+        ],
+        consecutive=False,
+    )
+    assert "engine.py" not in result.stdout.str()
+    assert "fixture.py" not in result.stdout.str()

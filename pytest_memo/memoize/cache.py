@@ -20,7 +20,7 @@ from typing import Any, TypeVar, overload
 
 from pytest_memo.core.hashing import hash
 from pytest_memo.memoize import explain, reads
-from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location
 from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine
 from pytest_memo.memoize.marker import parse_age
 from pytest_memo.memoize.stats import RunStats
@@ -148,6 +148,7 @@ def cache(
                 compress=compress,
                 parts=parts,
                 max_age=seconds,
+                where=code_location(function),
             )
 
         @functools.wraps(function)

@@ -14,6 +14,7 @@ interface and only computes, as joblib's ``MemorizedFunc`` and ``NotMemorizedFun
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from pytest_memo.memoize import explain, reads
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Entry, EntryInfo, Store
 
-__all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "warn"]
+__all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "code_location", "warn"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Lookup:
     # The named parts of the key (see explain.py), computed only when the value is.
     parts: Callable[[], explain.Parts] | None = field(default=None, compare=False)
     max_age: float | None = None  # seconds: older entries are recomputed
+    # The user's code (file, first line): where warnings about this value point.
+    where: tuple[str, int] | None = field(default=None, compare=False)
 
 
 class Claim:
@@ -205,16 +208,20 @@ class Memoized:
         try:
             entry = store.read(lookup.key, mmap=lookup.mmap)
         except CorruptFileError as error:
-            warn(f"removed a damaged entry of {lookup.what} and recomputed it: {error}")
+            warn(
+                f"removed a damaged entry of {lookup.what} and recomputed it: {error}",
+                lookup.where,
+            )
             store.remove(lookup.key)
             return None
         except OSError as error:
-            warn(f"cannot read the store entry of {lookup.what}: {error}")
+            warn(f"cannot read the store entry of {lookup.what}: {error}", lookup.where)
             return None
         except Exception as error:  # unpickling runs user code (a class that changed shape)
             warn(
                 f"removed an entry of {lookup.what} that no longer loads "
-                f"({type(error).__name__}: {error}) and recomputed it"
+                f"({type(error).__name__}: {error}) and recomputed it",
+                lookup.where,
             )
             store.remove(lookup.key)
             return None
@@ -262,7 +269,8 @@ class Memoized:
         except Exception as error:  # pickling runs user code: any error is possible
             warn(
                 f"the value of {lookup.what} could not be stored ({type(error).__name__}: "
-                f"{error}); the test uses the computed value and it is not memoized"
+                f"{error}); the test uses the computed value and it is not memoized",
+                lookup.where,
             )
             return
         if invalidated:
@@ -305,5 +313,20 @@ class NotMemoized:
         yield Claim(None, None)
 
 
-def warn(message: str) -> None:
-    warnings.warn(MemoWarning(f"pytest-memo: {message}"), stacklevel=2)
+def warn(message: str, where: tuple[str, int] | None = None) -> None:
+    """A MemoWarning; with ``where`` (a file and line of the user's code: the fixture or
+    function concerned) the warning points there rather than into pytest-memo."""
+    warning = MemoWarning(f"pytest-memo: {message}")
+    if where is None:
+        warnings.warn(warning, stacklevel=2)
+    else:
+        warnings.warn_explicit(warning, MemoWarning, where[0], where[1])
+
+
+def code_location(function: Any) -> tuple[str, int] | None:
+    """The file and first line of a function (under its decorators), for :func:`warn`."""
+    function = getattr(function, "__func__", function)
+    with contextlib.suppress(ValueError):  # a wrapper loop
+        function = inspect.unwrap(function)
+    code = getattr(function, "__code__", None)
+    return None if code is None else (code.co_filename, code.co_firstlineno)

@@ -20,7 +20,7 @@ import pytest
 from pytest_memo.core.hashing import UnhashableError, hash
 from pytest_memo.core.inspection import names, reads_requesting_test, setting_names
 from pytest_memo.memoize import explain, reads
-from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
 from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
 from pytest_memo.memoize.stats import RunStats
@@ -81,7 +81,8 @@ class FixtureMemo:
             warn(
                 f"fixture {fixturedef.argname!r} calls request.getfixturevalue(): the values "
                 "it gets that way cannot enter its key, so it is computed, not memoized; "
-                "request those fixtures as arguments instead"
+                "request those fixtures as arguments instead",
+                code_location(function),
             )
             return (yield)
         key, slot, parts = self._key(fixturedef, request, options)
@@ -98,6 +99,7 @@ class FixtureMemo:
             stale_before=self.settings.run_started if self.settings.refresh else None,
             parts=parts,
             max_age=options.max_age,
+            where=code_location(fixturedef.func),
         )
         with self.engine.claim(lookup) as claim:
             if claim.entry is not None:
@@ -131,7 +133,9 @@ class FixtureMemo:
             files, unmatched = files_digest(self.settings.rootdir, options.depends)
             for pattern in unmatched:
                 warn(
-                    f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches no file"
+                    f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches "
+                    "no file",
+                    code_location(function),
                 )
         environment = self._environment_read(function)
         key = combine(
