@@ -455,3 +455,47 @@ def test_warnings_point_at_the_fixture_and_the_cached_function(suite: MemoSuite)
     )
     assert "engine.py" not in result.stdout.str()
     assert "fixture.py" not in result.stdout.str()
+
+
+# -- honest numbers ---------------------------------------------------------------------------
+
+
+def test_time_saved_counts_each_value_once_however_many_workers_load_it(
+    suite: MemoSuite,
+) -> None:
+    from test_memo_store import SLOW_PAIR, TEST_PAIR, summary
+
+    suite.write("conftest.py", SLOW_PAIR)
+    suite.write("test_it.py", TEST_PAIR + "\n\ndef test_again(slow):\n    pass\n")
+    _, _, misses, computed, _, _, _ = summary(suite.run_subprocess())
+    assert misses == 3
+    # Warm, with each worker loading the session fixture 'slow': the time saved is the time
+    # those three values took to compute, once each.
+    hits, saved, misses, _, _, _, _ = summary(suite.run_subprocess("-n", "2"))
+    assert misses == 0 and hits >= 3
+    assert abs(saved - computed) <= 0.1
+
+
+def test_a_long_computation_is_named_on_the_terminal_with_its_reason(suite: MemoSuite) -> None:
+    suite.pytester.makeini("[pytest]\nmemo_progress_after = 0.05\n")
+    suite.write(
+        "conftest.py",
+        """
+        import time
+
+
+        @pytest.fixture
+        @pytest.mark.memo(version=1)
+        def training_set():
+            time.sleep(1)  # well past memo_progress_after
+            return 1
+        """,
+    )
+    suite.write("test_it.py", "def test_it(training_set):\n    pass\n")
+    result = suite.run_subprocess()
+    result.stdout.fnmatch_lines(["memo: computing training_set (no earlier entry)..."])
+    suite.replace("conftest.py", "version=1", "version=2")
+    result = suite.run_subprocess()
+    result.stdout.fnmatch_lines(["memo: computing training_set (version= 1 -> 2)..."])
+    result = suite.run_subprocess()  # a hit: nothing to say
+    assert "computing" not in result.stdout.str()

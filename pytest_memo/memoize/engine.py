@@ -24,6 +24,7 @@ from typing import Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.memoize import explain, reads
+from pytest_memo.memoize.progress import Progress
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Entry, EntryInfo, Store
 
@@ -75,6 +76,10 @@ class Memoized:
         # With a rootdir, the files a value reads under it are recorded and checked on hits.
         self.rootdir = rootdir
         self._reasons: dict[str, str] = {}  # key -> why its own entry was not used
+        self.progress: Progress | None = None  # the live line of long computations
+        # Manifests read, by key and entry creation time: a function-scoped fixture hit by
+        # every test reads its manifest once, and checks its files' status every time.
+        self._manifests: dict[tuple[str, float], explain.Manifest | None] = {}
 
     @property
     def store(self) -> Store | None:
@@ -161,11 +166,13 @@ class Memoized:
         except OSError:
             why = "the store index cannot be read"
         self.stats.explain(lookup.name, why)
-        if self.rootdir is None:
-            yield parts, None
-            return
-        with reads.recording(self.rootdir, store.root) as recorder:
-            yield parts, recorder
+        with contextlib.ExitStack() as stack:
+            if self.progress is not None:
+                stack.enter_context(self.progress.computing(lookup.name, why))
+            if self.rootdir is None:
+                yield parts, None
+                return
+            yield parts, stack.enter_context(reads.recording(self.rootdir, store.root))
 
     def _stale(self, store: Store, lookup: Lookup, entry: Entry) -> str | None:
         """Why a stored entry may not be used although its key matches, or None."""
@@ -173,7 +180,11 @@ class Memoized:
             return f"older than max_age ({explain.age(time.time() - entry.info.created)})"
         if self.rootdir is None:
             return None
-        manifest = explain.read_manifest(store, lookup.key)
+        known = (lookup.key, entry.info.created)
+        if known in self._manifests:
+            manifest = self._manifests[known]
+        else:
+            manifest = self._manifests[known] = explain.read_manifest(store, lookup.key)
         if manifest is None or not manifest.files:
             return None
         if abs(manifest.created - entry.info.created) > 1e-3:
@@ -235,7 +246,7 @@ class Memoized:
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
         stats = self.stats.of(lookup.name)
         stats.hits += 1
-        stats.seconds_saved += entry.info.seconds
+        self.stats.saved(lookup.key, lookup.name, entry.info.seconds)
         try:
             store.note_hit(entry)
         except OSError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import sys
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 
 from pytest_memo.memoize import cache as memory
 from pytest_memo.memoize import explain, marker
+from pytest_memo.memoize.engine import Memoized
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
+from pytest_memo.memoize.progress import Progress
 from pytest_memo.memoize.stats import format_size, listing_table, listing_totals, parse_size
 from pytest_memo.store.local import Store, secret_from_environment
 from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
@@ -89,6 +92,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
     parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
+    parser.addini(
+        "memo_progress_after",
+        "seconds after which a memoized fixture still computing is named on the terminal",
+        default="2",
+    )
 
 
 def _store(config: pytest.Config) -> Store:
@@ -182,6 +190,23 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[MEMO].store_unusable()  # the main process has warned about it
     if store is not None and not _is_worker(config):
         _prepare(config, store)
+        _start_progress(config)
+
+
+def _start_progress(config: pytest.Config) -> None:
+    """The live line (progress.py), in the main process of a run with a terminal."""
+    text = config.getini("memo_progress_after")
+    try:
+        after = float(text)
+    except ValueError:
+        raise pytest.UsageError(
+            f"memo_progress_after: {text!r} is not a number of seconds"
+        ) from None
+    engine = config.stash[MEMO].engine
+    if config.get_verbosity() < 0 or not isinstance(engine, Memoized):
+        return
+    with contextlib.suppress(ValueError, OSError):  # no real file behind stdout
+        engine.progress = Progress.of_terminal(sys.stdout.fileno(), after)
 
 
 def _prepare(config: pytest.Config, store: Store) -> None:
@@ -320,6 +345,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     memo = config.stash.get(MEMO, None)
+    progress = getattr(memo.engine, "progress", None) if memo is not None else None
+    if progress is not None:
+        progress.close()
     if memo is not None and memo.settings.store is not None:
         memo.settings.store.close()
 

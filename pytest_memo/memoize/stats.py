@@ -78,6 +78,15 @@ class RunStats:
     used_slots: set[str] = field(default_factory=set)
     # Why each value computed in the run was computed (--memo-explain): (name, reason).
     explained: list[tuple[str, str]] = field(default_factory=list)
+    # Keys whose stored value saved time in this run: each counts once, however many
+    # tests, scopes or worker processes loaded it.
+    saved_by_key: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def saved(self, key: str, name: str, seconds: float) -> None:
+        """A hit on ``key``, whose value took ``seconds`` to compute."""
+        if key not in self.saved_by_key:
+            self.saved_by_key[key] = (name, seconds)
+            self.of(name).seconds_saved += seconds
 
     def explain(self, name: str, reason: str) -> None:
         self.explained.append((name, reason))
@@ -90,7 +99,10 @@ class RunStats:
         for name, counts in other.get("fixtures", {}).items():
             mine = self.of(name)
             for attribute, value in counts.items():
-                setattr(mine, attribute, getattr(mine, attribute) + value)
+                if attribute != "seconds_saved":  # from "saved", once per key
+                    setattr(mine, attribute, getattr(mine, attribute) + value)
+        for key, name, seconds in other.get("saved", ()):
+            self.saved(key, name, seconds)
         self.used_keys.update(other.get("used_keys", ()))
         self.used_slots.update(other.get("used_slots", ()))
         self.explained.extend((name, reason) for name, reason in other.get("explained", ()))
@@ -102,7 +114,11 @@ class RunStats:
             "used_keys": sorted(self.used_keys),
             "used_slots": sorted(self.used_slots),
             "explained": [list(item) for item in self.explained],
+            "saved": self._saved_list(),
         }
+
+    def _saved_list(self) -> list[tuple[str, str, float]]:
+        return [(key, name, seconds) for key, (name, seconds) in sorted(self.saved_by_key.items())]
 
     def total(self) -> FixtureStats:
         total = FixtureStats()
