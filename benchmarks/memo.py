@@ -127,6 +127,31 @@ def hit_table(directory: Path, repeat: int, tests: int) -> list[str]:
     return rows
 
 
+def cutoff_table(repeat: int) -> list[str]:
+    """Early cutoff: what hashing an upstream memoized value costs (once per value computed;
+    a hit reads the digest kept in its manifest)."""
+    import numpy as np
+
+    from pytest_memo.memoize.keys import CodeFingerprints
+
+    fingerprints = CodeFingerprints(Path.cwd())
+    values = {
+        "small dict": {"answer": 42, "items": list(range(10))},
+        "200 MB float64 array": np.arange(25_000_000, dtype=np.float64),
+        "100,000 short strings": [f"row {i}" for i in range(100_000)],
+        "20,000 small dicts": [{"id": i, "name": f"n{i}", "score": i / 3} for i in range(20_000)],
+    }
+    rows = ["| upstream value | hashing it |", "|---|---|"]
+    for label, value in values.items():
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            fingerprints.data_digest(value)
+            times.append(time.perf_counter() - started)
+        rows.append(f"| {label} | {statistics.median(times) * 1000:.2f} ms |")
+    return rows
+
+
 def machine() -> str:
     model = "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
@@ -148,7 +173,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tests", type=int, default=1000, help="tests in the per-hit suites")
     parser.add_argument("--hits-only", action="store_true", help="only the per-hit table")
+    parser.add_argument("--cutoff-only", action="store_true", help="only the early-cutoff table")
     options = parser.parse_args()
+    if options.cutoff_only:
+        print(f"Machine: {machine()}\n")
+        print("\n".join(cutoff_table(max(options.repeat, 5))))
+        return
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as temporary:
         directory = Path(temporary)
         (directory / "pytest.ini").write_text("[pytest]\n")

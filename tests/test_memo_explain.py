@@ -499,3 +499,25 @@ def test_a_long_computation_is_named_on_the_terminal_with_its_reason(suite: Memo
     result.stdout.fnmatch_lines(["memo: computing training_set (version= 1 -> 2)..."])
     result = suite.run_subprocess()  # a hit: nothing to say
     assert "computing" not in result.stdout.str()
+
+
+# -- early cutoff -------------------------------------------------------------------------------
+
+
+def test_an_upstream_edit_giving_the_same_value_does_not_recompute_downstream(
+    project: MemoSuite,
+) -> None:
+    project.run().assert_outcomes(passed=1)
+    project.replace("helpers.py", "return list(range(n))", "return [i for i in range(n)]")
+    result = project.run("--memo-explain")
+    result.assert_outcomes(passed=1)
+    assert explained(result) == ["built: helpers.build changed (helpers.py)"]
+    assert project.calls().count("built") == 2
+    assert project.calls().count("scaled") == 1  # same list: scaled's entry still fits
+    project.replace("helpers.py", "for i in range(n)]", "for i in range(n + 1)]")
+    result = project.run("--memo-explain")
+    assert explained(result) == [
+        "built: helpers.build changed (helpers.py)",
+        "scaled: dependency 'built' was recomputed",
+    ]
+    assert project.calls().count("scaled") == 2

@@ -80,6 +80,7 @@ class Memoized:
         # Manifests read, by key and entry creation time: a function-scoped fixture hit by
         # every test reads its manifest once, and checks its files' status every time.
         self._manifests: dict[tuple[str, float], explain.Manifest | None] = {}
+        self._contents: dict[str, str] = {}  # key -> digest of its value (early cutoff)
 
     @property
     def store(self) -> Store | None:
@@ -185,6 +186,10 @@ class Memoized:
             manifest = self._manifests[known]
         else:
             manifest = self._manifests[known] = explain.read_manifest(store, lookup.key)
+        if manifest is not None and manifest.content is not None:
+            self._contents[lookup.key] = manifest.content
+        else:  # perhaps rewritten since: hash the value again if asked
+            self._contents.pop(lookup.key, None)
         if manifest is None or not manifest.files:
             return None
         if abs(manifest.created - entry.info.created) > 1e-3:
@@ -197,6 +202,22 @@ class Memoized:
                 explain.write_manifest(store, lookup.key, manifest)
         reads.note_files(manifest.files, self.rootdir)
         return None
+
+    def content_digest(self, key: str, value: Callable[[], str]) -> str:
+        """The digest of the value stored under ``key``: from its manifest, or ``value()``
+        (hashing it), which is then kept in the manifest for later runs."""
+        known = self._contents.get(key)
+        if known is not None:
+            return known
+        digest = self._contents[key] = value()
+        store = self.store
+        if store is not None:
+            manifest = explain.read_manifest(store, key)
+            if manifest is not None:
+                manifest.content = digest
+                with contextlib.suppress(OSError):
+                    explain.write_manifest(store, key, manifest)
+        return digest
 
     def _usable_store(self) -> Store | None:
         # Prepared once per process before the first lookup, so that a store that cannot
@@ -286,6 +307,7 @@ class Memoized:
             return
         if invalidated:
             stats.invalidated += 1
+        self._contents.pop(lookup.key, None)  # a new value under this key
         files = {}
         if recorder is not None and self.rootdir is not None:
             files = {path: reads.file_state(self.rootdir, path) for path in sorted(recorder.files)}

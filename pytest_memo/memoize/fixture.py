@@ -200,6 +200,18 @@ class FixtureMemo:
     def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
         dependency = active_fixturedef(request, name)
         key = self._keys.get(dependency)
+        if key is not None and isinstance(self.engine, Memoized):
+            # Early cutoff: keyed on the upstream value's content, not on its key, so an
+            # upstream edit that gives the same value does not recompute this fixture.
+            try:
+                return (
+                    "memo",
+                    self.engine.content_digest(
+                        key, lambda: self.fingerprints.data_digest(request.getfixturevalue(name))
+                    ),
+                )
+            except UnhashableError:
+                return ("memo-key", key)
         if key is not None:
             return ("memo", key)
         hint = (
