@@ -42,7 +42,8 @@ class Lookup:
     source: str  # where the code is defined
     mmap: bool = False
     compress: object = None
-    stale_before: float | None = None  # --memo-refresh: entries written before are recomputed
+    run: str = ""  # the run computing it: stored in the entry's info
+    refresh: bool = False  # --memo-refresh: entries another run wrote are recomputed
     # The named parts of the key (see explain.py), computed only when the value is.
     parts: Callable[[], explain.Parts] | None = field(default=None, compare=False)
     max_age: float | None = None  # seconds: older entries are recomputed
@@ -68,13 +69,14 @@ class Claim:
 class Memoized:
     """Values kept in ``store``, counted in ``stats``."""
 
-    def __init__(self, store: Store, stats: RunStats, rootdir: Path | None = None) -> None:
+    def __init__(self, store: Store, stats: RunStats, root: Path | None = None) -> None:
         self._store = store
+        self.root = root  # the rootdir: paths inside it are stored relative to it
         self.stats = stats
         self._broken = False
         self._prepared = False
         # With a rootdir, the files a value reads under it are recorded and checked on hits.
-        self.rootdir = rootdir
+        self.rootdir = root
         self._reasons: dict[str, str] = {}  # key -> why its own entry was not used
         self.progress: Progress | None = None  # the live line of long computations
         # Manifests read, by key and entry creation time: a function-scoped fixture hit by
@@ -233,12 +235,11 @@ class Memoized:
         return store
 
     def _read(self, store: Store, lookup: Lookup) -> Entry | None:
-        if lookup.stale_before is not None and store.created_before(
-            lookup.key, lookup.stale_before
-        ):
-            return None
+        from pytest_memo.core.serialize import rooted  # here: it imports numpy
+
         try:
-            entry = store.read(lookup.key, mmap=lookup.mmap)
+            with rooted(self.root):
+                entry = store.read(lookup.key, mmap=lookup.mmap)
         except CorruptFileError as error:
             warn(
                 f"removed a damaged entry of {lookup.what} and recomputed it: {error}",
@@ -259,6 +260,11 @@ class Memoized:
             return None
         if entry is not None and entry.info.fixture != lookup.name:
             return None  # not ours: never serve another fixture's value
+        if entry is not None and lookup.refresh and entry.info.run != lookup.run:
+            # Decided by the run's identity, not by comparing the file's time with the
+            # clock: a cache restored with timestamps from the future is refreshed too.
+            self._reasons[lookup.key] = "recomputed for --memo-refresh"
+            return None
         if entry is not None and (reason := self._stale(store, lookup, entry)) is not None:
             self._reasons[lookup.key] = reason
             return None
@@ -291,10 +297,14 @@ class Memoized:
             slot=lookup.slot,
             seconds=seconds,
             created=time.time(),
+            run=lookup.run,
         )
         try:
             invalidated = store.has_other_in_slot(info.slot, lookup.key)
-            store.write(lookup.key, info, value, compress=lookup.compress)
+            from pytest_memo.core.serialize import rooted  # here: it imports numpy
+
+            with rooted(self.root):
+                store.write(lookup.key, info, value, compress=lookup.compress)
         except OSError as error:
             self._fail(error)
             return
