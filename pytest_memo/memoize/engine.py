@@ -356,6 +356,9 @@ class NotMemoized:
         yield Claim(None, None)
 
 
+_REGISTRY: dict[Any, Any] = {}
+
+
 def warn(message: str, where: tuple[str, int] | None = None) -> None:
     """A MemoWarning; with ``where`` (a file and line of the user's code: the fixture or
     function concerned) the warning points there rather than into pytest-memo."""
@@ -363,7 +366,9 @@ def warn(message: str, where: tuple[str, int] | None = None) -> None:
     if where is None:
         warnings.warn(warning, stacklevel=2)
     else:
-        warnings.warn_explicit(warning, MemoWarning, where[0], where[1])
+        # With a registry, as warnings.warn has: the same warning from the same place is
+        # shown once (a retry under the key's lock must not repeat it).
+        warnings.warn_explicit(warning, MemoWarning, where[0], where[1], registry=_REGISTRY)
 
 
 def code_location(function: Any) -> tuple[str, int] | None:
