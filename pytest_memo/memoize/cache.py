@@ -14,6 +14,7 @@ import contextlib
 import functools
 import inspect
 import os
+import reprlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -128,7 +129,7 @@ def cache(
                 for name, value in environment.items():
                     found[f"env:{name}"] = [value, None, None]
                 found["python"] = [PYTHON, PYTHON, None]
-                shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+                shown = ", ".join(f"{k}={reprlib.repr(v)}" for k, v in arguments.items())
                 found["param"] = [digest, explain.readable(shown, 40), None]
                 return found
 

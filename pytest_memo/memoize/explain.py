@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import reprlib
 import sys
 import types
 from pathlib import Path
@@ -80,7 +81,7 @@ def age(seconds: float) -> str:
 
 
 def readable(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    text = reprlib.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
