@@ -40,8 +40,10 @@ __all__ = [
     "assertion_hooks",
     "assertion_util",
     "call_and_report",
+    "compute_session_fixture",
     "fixture_values_released",
     "global_capturing",
+    "higher_scoped_params",
     "is_fixture_definition",
     "item_fixture_definitions",
     "parse_warning_filter",
@@ -77,6 +79,47 @@ def all_fixture_definitions(session: pytest.Session) -> list[Any]:
     if hasattr(manager, "_get_all_fixture_defs"):  # pytest 9
         return list(manager._get_all_fixture_defs())
     return [d for defs in manager._arg2fixturedefs.values() for d in defs]  # pytest 8.4
+
+
+def compute_session_fixture(item: pytest.Item, name: str) -> object:
+    """Set up the session fixture ``name`` as for ``item``, in a process that runs no
+    test (the --par main process): the session is set up first, as for a test, so that
+    the fixture's teardown is registered with it and runs when the session finishes."""
+    state = item.session._setupstate
+    if item.session not in state.stack:
+        state.setup(item.session)  # type: ignore[arg-type]
+    # The test and its parents look set up (pytest asks a requesting node to be), without
+    # running their setup; they are taken off the stack again afterwards.
+    added = [node for node in item.listchain() if node not in state.stack]
+    for node in added:
+        state.stack[node] = ([], None)
+    try:
+        value = item._request.getfixturevalue(name)  # type: ignore[attr-defined]
+    finally:
+        for node in added:
+            state.stack.pop(node, None)
+    # A fresh request for the test: the one used here remembers the fixtures it computed,
+    # which thread mode keeps per thread.
+    if hasattr(item, "_initrequest"):
+        item._initrequest()
+    return value
+
+
+def higher_scoped_params(item: Any) -> tuple[tuple[str, int], ...]:
+    """The parameters of ``item`` that belong to fixtures wider than a test (class,
+    module, package or session scoped), as sorted (argument name, parameter index)
+    pairs: items sharing them share those fixtures' values.  () for none."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return ()
+    scopes = getattr(callspec, "_arg2scope", {})
+    return tuple(
+        sorted(
+            (name, index)
+            for name, index in callspec.indices.items()
+            if getattr(scopes.get(name), "value", "function") != "function"
+        )
+    )
 
 
 def setup_state(session: pytest.Session) -> SetupState:

@@ -10,12 +10,12 @@ running alone does not capture the terminal's progress output.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 
 import pytest
 
+from pytest_memo.parallel.schedule import marked_serial  # shared with process mode
 from pytest_memo.pytest_compat import DoctestItem
 
 __all__ = ["PROCESS_STATE_FIXTURES", "Gate", "changes_process_state", "marked_serial"]
@@ -44,14 +44,6 @@ def changes_process_state(item: pytest.Item) -> bool:
     if isinstance(item, DoctestItem):
         return True
     return not PROCESS_STATE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
-
-
-def marked_serial(item: pytest.Item, patterns: Iterable[str]) -> bool:
-    """Whether the user asked for ``item`` to run alone: the ``serial`` mark, or a
-    ``par_serial`` pattern matching its node id."""
-    if item.get_closest_marker("serial") is not None:
-        return True
-    return any(fnmatch.fnmatch(item.nodeid, pattern) for pattern in patterns)
 
 
 class Gate:
