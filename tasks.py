@@ -66,11 +66,13 @@ def ensure_pytest84() -> Path:
 
 
 def ensure_plugins() -> Path:
-    """An environment with popular plugins (tests/test_parallel_plugins.py runs them with and
-    without --par); kept apart so that they do not load into every other test's pytest."""
+    """An environment with popular plugins (tests/test_parallel_plugins.py and
+    test_threads_plugins.py run them with --par); kept apart so that they do not load into
+    every other test's pytest."""
     python = ROOT / ".venv-plugins" / BIN.name / PYTHON.name
     plugins = "pytest==9.2.0 pytest-xdist==3.8.0 syrupy==7.0.1 pytest-django==4.14.0 "
-    plugins += "django==5.2.19 pytest-benchmark==5.3.1 hypothesis==6.170.15"
+    plugins += "django==5.2.19 pytest-benchmark==5.3.1 hypothesis==6.170.15 pytest-mock==3.17.0 "
+    plugins += "pytest-asyncio==1.5.0 pytest-timeout==2.4.0"  # thread mode's (test_threads_plugins)
     stamp = python.parent.parent / "pytest-memo-installed"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + plugins.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == wanted and python.exists():

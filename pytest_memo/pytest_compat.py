@@ -8,8 +8,9 @@ difference between versions handled inside.  No other module imports ``_pytest``
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Generator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from _pytest._code.code import TerminalRepr
@@ -25,9 +26,11 @@ from _pytest.runner import SetupState, call_and_report
 
 __all__ = [
     "FIXTURE_FINALIZERS_ATTRIBUTE",
+    "LOGGING_PLUGIN_NAME",
     "MARK_GEN",
     "DoctestItem",
     "FDCapture",
+    "FixtureRequests",
     "Mark",
     "MarkDecorator",
     "MultiCapture",
@@ -41,11 +44,13 @@ __all__ = [
     "assertion_util",
     "call_and_report",
     "compute_session_fixture",
+    "fixture_requests",
     "fixture_values_released",
     "global_capturing",
     "higher_scoped_params",
     "is_fixture_definition",
     "item_fixture_definitions",
+    "log_capture_handler",
     "parse_warning_filter",
     "requesting_item",
     "set_assertion_hooks",
@@ -54,6 +59,7 @@ __all__ = [
     "set_writer_stream",
     "setup_state",
     "terminal_writer",
+    "tmp_path_factory",
     "unconfigure",
     "wrap_session",
     "writer_stream",
@@ -223,6 +229,45 @@ PYTEST_PER_RUN_FIXTURES = (
     "record_xml_attribute",
     "cache",
 )
+
+
+# -- Thread mode: who brought a fixture into a test -------------------------------------
+
+
+class FixtureRequests(NamedTuple):
+    """The fixtures a test asks for: ``direct`` by its parameters and usefixtures marks,
+    ``initial`` those plus the autouse fixtures, in pytest's order, and the definitions
+    of every name in their closure."""
+
+    direct: frozenset[str]
+    initial: tuple[str, ...]
+    definitions: dict[str, Any]
+
+
+def fixture_requests(item: Any) -> FixtureRequests:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return FixtureRequests(frozenset(), (), {})
+    used = [name for mark in item.iter_markers("usefixtures") for name in mark.args]
+    return FixtureRequests(
+        frozenset((*info.argnames, *used)), tuple(info.initialnames), dict(info.name2fixturedefs)
+    )
+
+
+def log_capture_handler() -> logging.Handler:
+    """A new handler of the kind pytest's logging plugin keeps a test's records with."""
+    from _pytest.logging import LogCaptureHandler
+
+    return LogCaptureHandler()
+
+
+# The name pytest registers its logging plugin under.
+LOGGING_PLUGIN_NAME = "logging-plugin"
+
+
+def tmp_path_factory(config: pytest.Config) -> pytest.TempPathFactory | None:
+    """The run's TempPathFactory (pytest's tmp_path plugin), or None when it is disabled."""
+    return getattr(config, "_tmp_path_factory", None)
 
 
 def unconfigure(config: pytest.Config) -> None:

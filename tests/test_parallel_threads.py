@@ -101,7 +101,14 @@ def test_thread_mode_runs_tests_that_change_process_state_alone(
     )
     result = pytester.runpytest_subprocess(*FLAGS, "--par=4", "--par-mode=thread", "-v")
     result.assert_outcomes(passed=19)
-    result.stdout.fnmatch_lines(["par: 18 of 19 tests ran alone in thread mode: doctests, or*"])
+    result.stdout.fnmatch_lines(
+        [
+            "par: 18 of 19 tests ran alone in thread mode, as they change what all threads "
+            "share (process mode runs them in parallel): using capsys: 3; using capfd: 3; "
+            "using caplog: 3; using recwarn: 3; using monkeypatch: 3; using monkeypatch "
+            "through the fixture home of test_state: 3"
+        ]
+    )
 
 
 FIXTURE_SCOPES = {

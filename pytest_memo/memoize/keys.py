@@ -219,6 +219,10 @@ class CodeFingerprints:
     def is_project(self, obj: Any) -> bool:
         return self._module_in_project(getattr(obj, "__module__", None) or "")
 
+    def module_in_project(self, module_name: str) -> bool:
+        """Whether the module named so is the project's (counted by code, not version)."""
+        return self._module_in_project(module_name)
+
     def _module_in_project(self, module_name: str) -> bool:
         known = self._project_modules.get(module_name)
         if known is None:
@@ -226,6 +230,8 @@ class CodeFingerprints:
         return known
 
     def _locate(self, module_name: str) -> bool:
+        if module_name.partition(".")[0] == "pytest_memo":
+            return False  # ours (the cache() wrapper): counted by version, even when editable
         module = sys.modules.get(module_name)
         filename = getattr(module, "__file__", None)
         if not filename:
@@ -249,7 +255,7 @@ class CodeFingerprints:
             return f"python-{PYTHON}"
         try:  # most distributions are named as their top-level package: skip the scan
             return f"{top}=={importlib.metadata.version(top)}"
-        except importlib.metadata.PackageNotFoundError:
+        except (importlib.metadata.PackageNotFoundError, ValueError):  # ValueError: no name
             pass
         if self._distributions is None:
             self._distributions = dict(importlib.metadata.packages_distributions())

@@ -12,7 +12,7 @@ import pytest
 from pytest_memo.core.cpus import usable_cpus
 from pytest_memo.parallel import nodes, schedule, spawn
 from pytest_memo.parallel.scheduler import Scheduler
-from pytest_memo.pytest_compat import higher_scoped_params
+from pytest_memo.pytest_compat import higher_scoped_params, tmp_path_factory
 from pytest_memo.timing.plugin import recorded_durations
 
 THREAD_LIMIT_VARIABLES = (
@@ -150,9 +150,9 @@ def _disable_benchmarks(config: pytest.Config) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Here, not when the run starts: warnings of collection time reach the summary.
     if worker_count(session.config) > 1 and _mode(session.config) == "thread":
-        from pytest_memo.parallel.threads import warn_of_replaced_protocols
+        from pytest_memo.parallel.threads import check_plugins
 
-        warn_of_replaced_protocols(session.config)
+        check_plugins(session)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -311,7 +311,7 @@ def _run_in_parallel(
         from pytest_memo.parallel.threads import ThreadRunner
 
         runner = ThreadRunner(session, workers, order)
-        config.stash[RAN_ALONE] = (len(runner.alone_for_process_state), len(order))
+        config.stash[RAN_ALONE] = runner.alone_summary()
         runner.run()
     else:
         from pytest_memo.parallel.controller import Controller
@@ -328,17 +328,12 @@ def _run_in_parallel(
         controller.run()
 
 
-RAN_ALONE = pytest.StashKey[tuple[int, int]]()  # thread mode: (run alone, all tests)
+RAN_ALONE = pytest.StashKey[str]()  # thread mode: the line on the tests that ran alone
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    alone, total = config.stash.get(RAN_ALONE, (0, 0))
-    if alone:
-        terminalreporter.write_line(
-            f"par: {alone} of {total} tests ran alone in thread mode: doctests, or tests "
-            "using capsys, capfd, caplog, recwarn or monkeypatch, which change what all "
-            "threads share (process mode runs them in parallel)"
-        )
+    if ran_alone := config.stash.get(RAN_ALONE, ""):
+        terminalreporter.write_line(ran_alone)
 
 
 TEMPORARY_DIRECTORY_FIXTURES = frozenset(
@@ -354,7 +349,7 @@ def _make_basetemp_once(session: pytest.Session) -> None:
     --basetemp each worker would empty the directory that the others' tests were using.
     Spawned workers each get a directory of their own inside it, as --basetemp.
     """
-    factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's tmp_path plugin
+    factory = tmp_path_factory(session.config)
     if factory is None:
         return
     used = any(
