@@ -89,6 +89,10 @@ class FixtureMemo:
     def setup(
         self, fixturedef: Any, request: Any, options: MemoOptions
     ) -> Generator[None, Any, Any]:
+        # Until this setup stores a key, dependents key this fixture by its value: a key
+        # left from an earlier setup (another test, another parameter) would name a value
+        # that this one, computed unmemoized, is not.
+        self._keys.pop(fixturedef, None)
         message = refusal(fixturedef, options)  # for fixtures requested by getfixturevalue
         if message is None:
             try:
