@@ -42,3 +42,64 @@ def test_dependency_of_a_fixture_computed_unmemoized_is_keyed_by_its_value(
     )
     for _ in range(2):
         suite.run("-p", "no:randomly").assert_outcomes(passed=2, warnings=1)
+
+
+def test_fixture_method_sees_what_setup_method_set_on_self(suite: MemoSuite) -> None:
+    # A fixture defined in a test class runs with the test's instance as self: what
+    # setup_method stored there is data its value depends on.
+    suite.write(
+        "test_it.py",
+        """
+        import pytest
+        from memo_log import record
+
+        class TestIt:
+            def setup_method(self):
+                self.n = 3
+
+            def double(self):
+                return self.n * 2
+
+            @pytest.fixture
+            @pytest.mark.memo
+            def data(self):
+                record("data")
+                return self.double()
+
+            def test_data(self, data):
+                assert data == self.n * 2
+        """,
+    )
+    suite.run().assert_outcomes(passed=1)
+    suite.replace("test_it.py", "self.n = 3", "self.n = 4")
+    suite.run().assert_outcomes(passed=1)
+    suite.replace("test_it.py", "self.n = 4", "self.n = 3")
+    suite.run().assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]
+
+
+def test_fixture_method_whose_self_cannot_be_hashed_is_computed_with_a_warning(
+    suite: MemoSuite,
+) -> None:
+    suite.write(
+        "test_it.py",
+        """
+        import threading
+        import pytest
+
+        class TestIt:
+            def setup_method(self):
+                self.lock = threading.Lock()
+
+            @pytest.fixture
+            @pytest.mark.memo
+            def data(self):
+                return 1
+
+            def test_data(self, data):
+                assert data == 1
+        """,
+    )
+    result = suite.run()
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*fixture 'data' runs with the test's instance as self*"])

@@ -155,6 +155,11 @@ class FixtureMemo:
             # request.node, request.module, ...: the value may depend on the requesting
             # test, and on what the code reads of it (marks, parameters, attributes).
             param = hash((param, request.node.nodeid, self._test_read(function, request)))
+        instance = _bound_instance(fixturedef, request)
+        if instance is not None:
+            # A fixture method's self is the test's instance: what setup_method or another
+            # fixture set on it (self.n) is data the value depends on.
+            param = hash((param, self._instance_read(instance)))
         options_read = _options_read(function, request.config)
         dependencies = {
             name: self._dependency(fixturedef, request, name)
@@ -226,6 +231,19 @@ class FixtureMemo:
                     raise _NotKeyable(f"reads request.{where}.{name} ({error})") from None
         return read
 
+    def _instance_read(self, instance: object) -> list[Any]:
+        """Digests of the attributes of the test's instance, which a fixture method reads
+        through ``self``, directly or through the methods it calls."""
+        read = []
+        for name, value in sorted(getattr(instance, "__dict__", {}).items()):
+            try:
+                read.append((name, self.fingerprints.data_digest(value)))
+            except UnhashableError as error:
+                raise _NotKeyable(
+                    f"runs with the test's instance as self, and self.{name} ({error})"
+                ) from None
+        return read
+
     def _param(self, fixturedef: Any, request: Any) -> str | None:
         if not hasattr(request, "param"):
             return None
@@ -270,6 +288,21 @@ class _NotKeyable(Exception):
 
 class _Refused(Exception):
     """The fixture cannot be memoized: the message says why and what to do."""
+
+
+def _bound_instance(fixturedef: Any, request: Any) -> object | None:
+    """The test's instance when the fixture is a method of its class: pytest binds the
+    method to ``request.instance`` (see ``resolve_fixture_function``)."""
+    bound_to = getattr(fixturedef.func, "__self__", None)
+    if bound_to is None or isinstance(bound_to, type):
+        return None
+    try:
+        instance: object = request.instance
+    except Exception:
+        return None
+    if instance is None or not isinstance(instance, type(bound_to)):
+        return None
+    return instance
 
 
 def _returning(value: Any) -> Callable[..., Any]:
