@@ -103,3 +103,29 @@ def test_fixture_method_whose_self_cannot_be_hashed_is_computed_with_a_warning(
     result = suite.run()
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*fixture 'data' runs with the test's instance as self*"])
+
+
+def test_options_read_through_pytestconfig_enter_the_key(suite: MemoSuite) -> None:
+    # pytestconfig was refused as "different on every run", with the advice to ignore it;
+    # ignored, the option it reads stayed out of the key and --size=2 got the size-1 value.
+    suite.write(
+        "conftest.py",
+        """
+        def pytest_addoption(parser):
+            parser.addoption("--size", default="1")
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def data(pytestconfig):
+            record("data")
+            return int(pytestconfig.getoption("size")) * 10
+        """,
+    )
+    suite.write(
+        "test_it.py",
+        "def test_data(data, pytestconfig):\n"
+        "    assert data == int(pytestconfig.getoption('size')) * 10\n",
+    )
+    for size in ("1", "2", "2", "1"):
+        suite.run(f"--size={size}").assert_outcomes(passed=1)
+    assert suite.calls() == ["data", "data"]

@@ -24,6 +24,7 @@ from pytest_memo.core.inspection import (
     reads_requesting_test,
     request_escapes,
     setting_names,
+    string_constants,
 )
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
 from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
@@ -160,11 +161,11 @@ class FixtureMemo:
             # A fixture method's self is the test's instance: what setup_method or another
             # fixture set on it (self.n) is data the value depends on.
             param = hash((param, self._instance_read(instance)))
-        options_read = _options_read(function, request.config)
+        options_read = _options_read(function, request.config, fixturedef.argnames)
         dependencies = {
             name: self._dependency(fixturedef, request, name)
             for name in fixturedef.argnames
-            if name != "request" and name not in options.ignore
+            if name not in ("request", CONFIG_FIXTURE) and name not in options.ignore
         }
         files = None
         if options.depends:
@@ -276,6 +277,8 @@ class FixtureMemo:
             return str(getattr(function, "__module__", "?"))
 
 
+# pytest's config as a fixture: what the code reads of it enters the key, as of request.config.
+CONFIG_FIXTURE = "pytestconfig"
 # Methods of a test's node whose answers depend only on its marks and parameters.
 NODE_QUERIES = frozenset({"get_closest_marker", "iter_markers", "iter_markers_with_node"})
 REQUEST_ATTRIBUTES = REQUESTING_TEST_ATTRIBUTES | FIXTURE_ATTRIBUTES
@@ -329,10 +332,15 @@ def _serve(fixturedef: Any, function: Callable[..., Any]) -> Generator[None, Any
         fixturedef.func = original
 
 
-def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None:
+def _options_read(
+    function: Any, config: pytest.Config, argnames: Any = ()
+) -> dict[str, str] | None:
     """Command-line options and ini values the code names (``request.config.getoption
-    ("size")``), with the values they have in this run: they enter the key."""
+    ("size")``, ``pytestconfig.getini("mode")``), with the values they have in this run:
+    they enter the key."""
     candidates = setting_names(function.__code__)
+    if candidates is None and CONFIG_FIXTURE in argnames:
+        candidates = sorted(string_constants(function.__code__))
     if candidates is None:
         return None
     if "option" in names(function.__code__):  # request.config.option.size
@@ -386,6 +394,8 @@ def refusal(fixturedef: Any, options: MemoOptions) -> str | None:
             "@pytest.mark.memo; keep this fixture unmemoized, taking the data as an argument."
         )
     for argument in fixturedef.argnames:
+        if argument == CONFIG_FIXTURE:
+            continue  # the run's config: the options and ini values it reads enter the key
         if argument in PYTEST_PER_RUN_FIXTURES and argument not in options.ignore:
             return (
                 f"pytest-memo: fixture {name!r} depends on {argument!r}, which is different "
