@@ -36,6 +36,9 @@ class Config:
 """
 
 
+SEE_VALUE = "from memo_log import record\n\ndef test_it(value):\n    record(value, 'seen.txt')\n"
+
+
 def test_module_data_set_by_a_parametrized_fixture_reaches_each_test(suite: MemoSuite) -> None:
     suite.write("helpers.py", HELPERS)
     suite.write(
@@ -56,10 +59,7 @@ def test_module_data_set_by_a_parametrized_fixture_reaches_each_test(suite: Memo
             return helpers.mode()
         """,
     )
-    suite.write(
-        "test_it.py",
-        "from memo_log import record\n\ndef test_it(value):\n    record(value, 'seen.txt')\n",
-    )
+    suite.write("test_it.py", SEE_VALUE)
     suite.run().assert_outcomes(passed=2)
     assert suite.seen() == ["first", "second"]
     suite.run().assert_outcomes(passed=2)  # and both are hits on the next run
@@ -102,7 +102,7 @@ def test_module_data_monkeypatched_by_a_test_reaches_the_fixture(suite: MemoSuit
             record(value, "seen.txt")
         """,
     )
-    suite.run("-p", "no:randomly").assert_outcomes(passed=3)
+    suite.run().assert_outcomes(passed=3)
     plain, patched = "('initial', 1)", "('patched', 5)"
     assert suite.seen() == [plain, patched, plain]
 
@@ -124,10 +124,7 @@ def test_a_list_appended_to_during_the_run_changes_the_key(suite: MemoSuite) -> 
             return helpers.items()
         """,
     )
-    suite.write(
-        "test_it.py",
-        "from memo_log import record\n\ndef test_it(value):\n    record(value, 'seen.txt')\n",
-    )
+    suite.write("test_it.py", SEE_VALUE)
     suite.run().assert_outcomes(passed=2)
     assert suite.seen() == ["[1]", "[1, 2]"]
 
@@ -159,7 +156,7 @@ def test_a_global_changed_mid_run_reaches_a_cached_function(suite: MemoSuite) ->
             record(helpers.scaled(2), "seen.txt")
         """,
     )
-    suite.run("-p", "no:randomly").assert_outcomes(passed=2)
+    suite.run().assert_outcomes(passed=2)
     assert suite.seen() == ["2", "20"]
 
 
@@ -393,3 +390,107 @@ def test_checkouts_at_other_paths_share_hits_for_code_mentioning_file(
         result.assert_outcomes(passed=1)
     assert (checkouts[0] / "calls.txt").exists()
     assert not (checkouts[1] / "calls.txt").exists()  # a hit
+
+
+# -- what the key cannot see (docs/memo.md), each with its remedy -----------------------
+
+
+def after_edit(suite: MemoSuite, edit: tuple[str, str, str]) -> tuple[str, str, str]:
+    """Run, make ``edit`` and run again with the store and with ``--memo-off``: what the
+    first run saw, and what the two runs after the edit saw."""
+    suite.run().assert_outcomes(passed=1)
+    suite.replace(*edit)
+    suite.run().assert_outcomes(passed=1)
+    suite.run("--memo-off").assert_outcomes(passed=1)
+    first, memoized, plain = suite.seen()[-3:]
+    return first, memoized, plain
+
+
+def assert_stale(suite: MemoSuite, *edit: str) -> None:
+    first, memoized, plain = after_edit(suite, (edit[0], edit[1], edit[2]))
+    assert memoized == first != plain
+
+
+def assert_fresh(suite: MemoSuite, *edit: str) -> None:
+    first, memoized, plain = after_edit(suite, (edit[0], edit[1], edit[2]))
+    assert memoized == plain != first
+
+
+def test_a_global_random_generator_seeded_in_conftest_is_not_seen(suite: MemoSuite) -> None:
+    suite.write(
+        "conftest.py",
+        """
+        import random
+
+        random.seed(1)
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def noise():
+            return random.random()
+        """,
+    )
+    suite.write("test_it.py", SEE_VALUE.replace("value", "noise"))
+    assert_stale(suite, "conftest.py", "seed(1)", "seed(2)")
+    # The remedy: a generator of the fixture's own, seeded from data its code reads.
+    suite.write(
+        "conftest.py",
+        """
+        import random
+
+        SEED = 1
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def noise():
+            return random.Random(SEED).random()
+        """,
+    )
+    assert_fresh(suite, "conftest.py", "SEED = 1", "SEED = 2")
+
+
+def test_a_module_imported_by_a_name_in_a_variable_is_not_seen(suite: MemoSuite) -> None:
+    suite.write("plugin_a.py", "VALUE = 1\n")
+    suite.write(
+        "conftest.py",
+        """
+        import importlib
+
+        NAME = "plugin_a"
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def loaded():
+            return importlib.import_module(NAME).VALUE
+        """,
+    )
+    suite.write("test_it.py", SEE_VALUE.replace("value", "loaded"))
+    assert_stale(suite, "plugin_a.py", "VALUE = 1", "VALUE = 2")
+    # The remedy: the modules' files in depends=.
+    suite.replace(
+        "conftest.py", "@pytest.mark.memo\n", '@pytest.mark.memo(depends=["plugin_*.py"])\n'
+    )
+    assert_fresh(suite, "plugin_a.py", "VALUE = 2", "VALUE = 3")
+
+
+def test_a_name_built_at_run_time_is_not_seen(suite: MemoSuite) -> None:
+    suite.write("helpers.py", "def foo():\n    return 1\n")
+    suite.write(
+        "conftest.py",
+        """
+        import helpers
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def built():
+            return getattr(helpers, "f" + "oo")()
+        """,
+    )
+    suite.write("test_it.py", SEE_VALUE.replace("value", "built"))
+    assert_stale(suite, "helpers.py", "return 1", "return 2")
+    # The remedy: name the functions in the code, in a table to choose from.
+    suite.replace("conftest.py", 'getattr(helpers, "f" + "oo")()', 'CHOICES["f" + "oo"]()')
+    suite.replace(
+        "conftest.py", "import helpers\n", 'import helpers\n\nCHOICES = {"foo": helpers.foo}\n'
+    )
+    assert_fresh(suite, "helpers.py", "return 2", "return 3")

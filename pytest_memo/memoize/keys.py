@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import sys
+import threading
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -101,9 +102,16 @@ class CodeFingerprints:
         self._versions: dict[str, str] = {}
         # What the fingerprints being computed read, innermost last: (kind, id, name) -> check.
         self._reading: list[dict[tuple[int, int, str], tuple[Any, ...]]] = []
+        self._lock = threading.RLock()
 
     def of(self, obj: Any) -> str:
         """Fingerprint of a function or class and of the project code it refers to."""
+        # One computation at a time: tests running in threads (--par threads) share the
+        # fingerprints, and what a computation reads and has in progress is per computation.
+        with self._lock:
+            return self._of(obj)
+
+    def _of(self, obj: Any) -> str:
         known = self._done.get(id(obj))
         if known is not None and known[0] is obj and id(obj) not in self._active:
             self._active.add(id(obj))
