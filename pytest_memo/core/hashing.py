@@ -80,6 +80,12 @@ def content_hash(
     return hasher.hexdigest()
 
 
+@functools.lru_cache(maxsize=16)
+def _roots(root: Path) -> tuple[Path, ...]:
+    """A root directory as given and resolved (resolving costs a system call per part)."""
+    return tuple({root, root.resolve()})
+
+
 def _piece_digest(piece: memoryview) -> bytes:
     return bytes(xxhash.xxh3_128_digest(piece))
 
@@ -141,7 +147,7 @@ class _ContentHasher:
     """Walks an object and feeds a canonical byte encoding of it to xxh3-128."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self._roots = () if root is None else tuple({root, root.resolve()})
+        self._roots = () if root is None else _roots(root)
         self._digest = xxhash.xxh3_128()
         self._pending: list[bytes] = []
         # Containers on the current path, for cycles: id -> position in the path.
@@ -252,8 +258,11 @@ class _ContentHasher:
         if self.ordered and self._root_texts and obj.startswith(self._root_texts):
             for root in self._root_texts:
                 if obj == root or obj.startswith(root + os.sep):
-                    obj = "<root>" + obj[len(root) :].replace(os.sep, "/")
-                    break
+                    relative = (
+                        obj[len(root) :].replace(os.sep, "/").encode("utf-8", "surrogatepass")
+                    )
+                    self._emit_sized(b"r", relative)  # not a string "<root>/..."
+                    return
         data = obj.encode("utf-8", "surrogatepass")
         self._pending.append(b"s" + _pack_q(len(data)) + data)
 

@@ -69,6 +69,11 @@ _DATA = 3  # (_DATA, value, digest): a mutable value (a list, a dict) still has 
 _FUNCTION = 4  # (_FUNCTION, func, code, defaults, kwdefaults): none of them reassigned
 _KEYS = 5  # (_KEYS, namespace, names): a class has the same attributes in the same order
 _ABSENT = object()  # stands for a name a namespace does not have
+# Class attributes that are not the class's behavior: moving a class changes
+# __firstlineno__ (Python 3.13+), a docstring changes __doc__.
+_NOT_MEMBERS = frozenset(
+    {"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__", "__firstlineno__"}
+)
 _ATOMS = frozenset({int, float, complex, str, bytes, bool, type(None), range, type(...)})
 
 
@@ -261,7 +266,7 @@ class CodeFingerprints:
             return self._enum_parts(cls, bases)
         members = {}
         for attribute in namespace:
-            if attribute in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"):
+            if attribute in _NOT_MEMBERS:
                 continue
             value = self._read(namespace, attribute)
             if isinstance(value, property):
@@ -284,7 +289,7 @@ class CodeFingerprints:
             value = self._read(namespace, attribute)
             if attribute in cls.__members__ or _enum_internal(attribute, value):
                 continue
-            if attribute in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__"):
+            if attribute in _NOT_MEMBERS:
                 continue
             if isinstance(value, property | types.DynamicClassAttribute):
                 value = (value.fget, value.fset, value.fdel)
