@@ -68,7 +68,10 @@ def content_hash(
     it), and strings holding an absolute path inside ``relative_to`` (``__file__``) count
     as relative ones, as :class:`~pathlib.Path` objects always do.
     """
-    hasher = _ContentHasher(None if relative_to is None else Path(relative_to))
+    root = (
+        relative_to if isinstance(relative_to, Path) or relative_to is None else Path(relative_to)
+    )
+    hasher = _ContentHasher(root)
     hasher.code_of = code_of
     hasher.ordered = ordered
     try:
