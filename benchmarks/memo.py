@@ -3,9 +3,12 @@
 A suite with a 2-second session fixture returning a 200 MB array and 30 tests using it,
 run cold (store cleared) and warm, serial and with ``-n 2``, against the same suite with
 ``--memo-off``.  Then the overhead of one store hit, from suites whose function-scoped
-fixture is hit once per test, against the same suites with a fixture that costs nothing.
+fixture is hit once per test, against the same suites with a fixture that costs nothing,
+without and with ``PYTEST_MEMO_SECRET`` (signed entries, verified on every load).  Then a
+store of 10,000 entries against one of 10: a hit, ``--memo-show``, ``--memo-prune`` (of all
+10,000) and rebuilding a damaged index from the entries.
 
-    python benchmarks/memo.py [--repeat N]
+    python benchmarks/memo.py [--repeat N] [--only hits|scale]
 
 Prints markdown tables (medians of N runs); copy them into docs/benchmarks.md.
 """
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 SUITE = """
@@ -106,16 +110,116 @@ def suite_table(directory: Path, repeat: int) -> list[str]:
 def hit_table(directory: Path, repeat: int, tests: int) -> list[str]:
     (directory / "test_hits.py").write_text(HITS.replace("range(N)", f"range({tests})"))
     rows = ["| value | per-hit overhead | target |", "|---|---|---|"]
-    for big, label, target in (
-        ("0", "small dict", "< 2 ms"),
-        ("1", "200 MB array, mmap=True", "< 5 ms"),
+    for big, label, target, secret in (
+        ("0", "small dict", "< 2 ms", ""),
+        ("1", "200 MB array, mmap=True", "< 5 ms", ""),
+        ("0", "small dict, signed", "< 2 ms", "bench secret"),
+        ("1", "200 MB array, mmap=True, signed", "< 5 ms", "bench secret"),
     ):
-        env = {"BENCH_BIG": big, "BENCH_CHEAP": "0"}
+        env = {"BENCH_BIG": big, "BENCH_CHEAP": "0", "PYTEST_MEMO_SECRET": secret}
         run(directory, "test_hits.py", "--memo-clear", env=env)  # fill the store
         warm = median(repeat, lambda e=env: run(directory, "test_hits.py", env=e))
         cheap = {"BENCH_BIG": big, "BENCH_CHEAP": "1"}
         base = median(repeat, lambda e=cheap: run(directory, "--memo-off", "test_hits.py", env=e))
         rows.append(f"| {label} | {(warm - base) / tests * 1000:.2f} ms | {target} |")
+    return rows
+
+
+SCALE_HITS = """
+import pytest
+
+@pytest.fixture
+@pytest.mark.memo
+def value():
+    return {"answer": 42, "items": list(range(10))}
+
+@pytest.mark.parametrize("i", range(N))
+def test_hit(value, i):
+    pass
+"""
+
+
+def fill(store_dir: Path, count: int) -> None:
+    """``count`` entries of other fixtures, written through the store as runs write them."""
+    import hashlib
+
+    from pytest_memo.store.local import EntryInfo, Store
+
+    store = Store(store_dir)
+    store.prepare()
+    for number in range(count):
+        key = hashlib.sha256(str(number).encode()).hexdigest()[:32]
+        info = EntryInfo(f"filler_{number % 100}", "conftest.py", key, 0.1, time.time())
+        store.write(key, info, {"number": number, "data": list(range(20))})
+    store.close()
+
+
+def scale_table(directory: Path, repeat: int, tests: int) -> list[str]:
+    import shutil
+
+    from pytest_memo.store.local import Store
+
+    (directory / "test_scale.py").write_text(SCALE_HITS.replace("range(N)", f"range({tests})"))
+    stores = {}
+    for count in (10, 10_000):
+        template = directory / f"template-{count}"
+        fill(template, count)
+        stores[count] = template
+    results: dict[int, dict[str, float]] = {}
+    for count, template in stores.items():
+        live = directory / f"store-{count}"
+
+        def fresh(template: Path = template, live: Path = live) -> None:
+            shutil.rmtree(live, ignore_errors=True)
+            shutil.copytree(template, live, symlinks=True)
+
+        fresh()
+        where = f"--memo-dir={live}"
+        run(directory, "test_scale.py", where)  # store the suite's own entry
+        warm = median(repeat, lambda w=where: run(directory, "test_scale.py", w))
+        show = median(repeat, lambda w=where: run(directory, "--memo-show", w))
+
+        def prune(where: str = where) -> float:
+            fresh()
+            run(directory, "test_scale.py", where)
+            return run(directory, "test_scale.py", where, "--memo-prune")
+
+        def rebuild(fresh: object = fresh, live: Path = live, count: int = count) -> float:
+            fresh()  # type: ignore[operator]
+            (live / "v1" / "index.sqlite").write_text("damaged\n")
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                store = Store(live)
+                listed = len(store.listing())
+                store.close()
+            assert listed == count, listed
+            return time.perf_counter() - started
+
+        results[count] = {
+            "warm": warm,
+            "show": show,
+            "prune": median(repeat, prune) - warm,
+            "rebuild": median(repeat, rebuild),
+        }
+    small, large = results[10], results[10_000]
+    per_hit = (large["warm"] - small["warm"]) / tests * 1000
+    rows = ["| operation | 10 entries | 10,000 entries | target |", "|---|---|---|---|"]
+    rows.append(
+        f"| a hit, over {tests} hits (per hit: {per_hit:+.2f} ms) | {small['warm']:.2f} s | "
+        f"{large['warm']:.2f} s | ≤ +1 ms per hit |"
+    )
+    rows.append(
+        f"| `--memo-show` (whole run) | {small['show']:.2f} s | {large['show']:.2f} s | < 1 s |"
+    )
+    rows.append(
+        f"| `--memo-prune` removing all but one (more than a warm run) | {small['prune']:.2f} s "
+        f"| {large['prune']:.2f} s | < 3 s |"
+    )
+    rows.append(
+        f"| rebuilding a damaged index from the entries | {small['rebuild']:.3f} s | "
+        f"{large['rebuild']:.2f} s | < 5 s |"
+    )
     return rows
 
 
@@ -139,15 +243,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tests", type=int, default=1000, help="tests in the per-hit suites")
+    parser.add_argument("--only", choices=("hits", "scale"), default=None)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as temporary:
         directory = Path(temporary)
         (directory / "pytest.ini").write_text("[pytest]\n")
         print(f"Machine: {machine()}\n")
-        print("Session fixture (2 s, 200 MB) used by 30 tests, wall time of the whole run:\n")
-        print("\n".join(suite_table(directory, options.repeat)))
-        print(f"\nStore hit overhead ({options.tests} tests, function-scoped fixture):\n")
-        print("\n".join(hit_table(directory, options.repeat, options.tests)))
+        if options.only is None:
+            print("Session fixture (2 s, 200 MB) used by 30 tests, wall time of the whole run:\n")
+            print("\n".join(suite_table(directory, options.repeat)))
+        if options.only in (None, "hits"):
+            print(f"\nStore hit overhead ({options.tests} tests, function-scoped fixture):\n")
+            print("\n".join(hit_table(directory, options.repeat, options.tests)))
+        if options.only in (None, "scale"):
+            print("\nA store of 10,000 entries against one of 10 (whole pytest runs):\n")
+            print("\n".join(scale_table(directory, options.repeat, options.tests)))
     print(textwrap.dedent(f"\nmedians of {options.repeat} runs"))
 
 

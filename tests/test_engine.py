@@ -4,7 +4,6 @@ real store in a temporary directory; and the statistics and store API it relies 
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -116,12 +115,11 @@ def test_an_unusable_store_warns_once_and_values_are_computed(tmp_path: Path) ->
     assert engine.store is None
 
 
-def test_refresh_recomputes_entries_written_before(store: Store) -> None:
+def test_refresh_recomputes_entries_another_run_wrote(store: Store) -> None:
     engine = Memoized(store, RunStats())
-    engine.get_or_compute(Counter(1), lookup)
-    later = time.time() + 60
-    assert engine.get_or_compute(Counter(2), lambda: lookup(stale_before=later)) == 2
-    assert engine.get_or_compute(Counter(3), lambda: lookup(stale_before=0.0)) == 2
+    engine.get_or_compute(Counter(1), lambda: lookup(run="earlier"))
+    assert engine.get_or_compute(Counter(2), lambda: lookup(run="this", refresh=True)) == 2
+    assert engine.get_or_compute(Counter(3), lambda: lookup(run="this", refresh=True)) == 2
 
 
 def test_never_serves_another_name_s_entry(store: Store) -> None:

@@ -404,6 +404,66 @@ def test_memo_refresh_recomputes_and_later_runs_hit_the_new_value(suite: MemoSui
     assert len(suite.entries()) == 1
 
 
+REFRESH_SUITE = {
+    "conftest.py": """
+        @pytest.fixture(scope="session")
+        @pytest.mark.memo
+        def data():
+            record("data")
+            with open("source.txt") as source:
+                return source.read()
+        """,
+    "test_it.py": "".join(
+        f"""
+def test_{n}(data):
+    assert data == open("source.txt").read()
+"""
+        for n in range(4)
+    ),
+}
+
+
+def write_refresh_suite(suite: MemoSuite) -> None:
+    for name, source in REFRESH_SUITE.items():
+        suite.write(name, source)
+    suite.write("source.txt", "old")
+
+
+def test_memo_refresh_recomputes_entries_with_timestamps_in_the_future(
+    suite: MemoSuite,
+) -> None:
+    # A CI cache restored with future timestamps (or a clock that went back) was not
+    # refreshed: --memo-refresh compared file times with the clock.
+    write_refresh_suite(suite)
+    suite.run().assert_outcomes(passed=4)
+    (entry,) = suite.entries()
+    a_day_ahead = entry.stat().st_mtime + 86_400
+    os.utime(entry, (a_day_ahead, a_day_ahead))
+    suite.write("source.txt", "new")
+    suite.run("--memo-refresh").assert_outcomes(passed=4)
+    assert suite.calls() == ["data", "data"]
+    suite.run().assert_outcomes(passed=4)
+    assert suite.calls() == ["data", "data"]
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [("-n", "2"), ("--par=2", "--par-start=fork"), ("--par=2", "--par-start=spawn")],
+    ids=["xdist", "par fork", "par spawn"],
+)
+def test_memo_refresh_recomputes_once_per_run_in_every_worker(
+    suite: MemoSuite, workers: tuple[str, ...]
+) -> None:
+    write_refresh_suite(suite)
+    suite.run().assert_outcomes(passed=4)
+    for entry in suite.entries():
+        os.utime(entry, (entry.stat().st_mtime + 86_400,) * 2)
+    suite.write("source.txt", "new")
+    # Every worker knows the run: the value one computed is loaded by the others.
+    suite.run_subprocess(*workers, "--memo-refresh").assert_outcomes(passed=4)
+    assert suite.calls() == ["data", "data"]
+
+
 def test_memo_show_lists_fixtures_and_exits_without_running_tests(warm: MemoSuite) -> None:
     result = warm.run("--memo-show")
     assert result.ret == 0

@@ -381,8 +381,8 @@ def test_editing_an_unrelated_helper_does_not_invalidate(suite: MemoSuite) -> No
 
 @pytest.mark.parametrize(
     "body",
-    ["request.node.name", "name_of(request)"],
-    ids=["reads request.node", "hands request to a helper"],
+    ["request.node.name", "request.node.name.upper().lower()"],
+    ids=["reads request.node", "calls a method of what it reads"],
 )
 def test_a_fixture_reading_the_requesting_test_is_stored_per_test(
     suite: MemoSuite, body: str
@@ -409,6 +409,97 @@ def test_a_fixture_reading_the_requesting_test_is_stored_per_test(
     suite.run().assert_outcomes(passed=2)
     suite.run().assert_outcomes(passed=2)
     assert suite.calls() == ["name", "name"]
+
+
+# What a fixture reads of the requesting test, and the test module before and after an
+# edit that keeps the test's id: (fixture body, test module with {v} for the value).
+TEST_READS = {
+    "marker": (
+        'request.node.get_closest_marker("size").args[0]',
+        "import pytest\n\n\n@pytest.mark.size({v})\ndef test_it(data):\n"
+        "    record(data, 'seen.txt')\n",
+    ),
+    "module attribute": (
+        "request.module.SIZE",
+        "SIZE = {v}\n\n\ndef test_it(data):\n    record(data, 'seen.txt')\n",
+    ),
+    "class attribute": (
+        "request.cls.SIZE",
+        "class TestIt:\n    SIZE = {v}\n\n    def test_it(self, data):\n"
+        "        record(data, 'seen.txt')\n",
+    ),
+    "callspec parameter": (
+        'request.node.callspec.params["n"]',
+        "import pytest\n\n\n@pytest.mark.parametrize('n', [{v}], ids=['same'])\n"
+        "def test_it(data, n):\n    record(data, 'seen.txt')\n",
+    ),
+    "config.option": ("request.config.option.size", None),
+    "config.getoption": ('request.config.getoption("size")', None),
+}
+
+
+@pytest.mark.parametrize("read", TEST_READS.values(), ids=TEST_READS.keys())
+def test_an_edit_to_what_a_fixture_reads_of_the_requesting_test_is_never_stale(
+    suite: MemoSuite, read: tuple[str, str | None]
+) -> None:
+    # Each of these served the value computed before the edit.
+    body, test_module = read
+    suite.write(
+        "conftest.py",
+        f"""
+        def pytest_addoption(parser):
+            parser.addoption("--size", type=int, default=0)
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def data(request):
+            record("data")
+            return {body}
+        """,
+    )
+    template = test_module or "def test_it(data):\n    record(data, 'seen.txt')\n"
+    for value in (1, 1, 2, 2):
+        suite.write("test_it.py", "from memo_log import record\n" + template.format(v=value))
+        suite.run("-W", "error::pytest_memo.MemoWarning", f"--size={value}").assert_outcomes(
+            passed=1
+        )
+    assert suite.seen() == ["1", "1", "2", "2"]
+    assert suite.calls() == ["data", "data"]  # memoized, once per value
+
+
+def test_a_fixture_handing_request_to_other_code_is_computed_with_a_warning(
+    suite: MemoSuite,
+) -> None:
+    # The helper may read anything of the test (here a module attribute): not memoized.
+    suite.write("naming.py", "def size_of(request):\n    return request.module.SIZE\n")
+    suite.write(
+        "conftest.py",
+        """
+        from naming import size_of
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def data(request):
+            record("data")
+            return size_of(request)
+        """,
+    )
+    for value in (1, 2):
+        suite.write(
+            "test_it.py", f"SIZE = {value}\n\n\ndef test_it(data):\n    assert data == SIZE\n"
+        )
+        result = suite.run()
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(
+            [
+                "*MemoWarning: pytest-memo: fixture 'data' hands request to other code, which "
+                "may read the requesting test, which cannot enter its key, so it is computed, "
+                "not memoized; read what it needs in a fixture that is not memoized*"
+            ]
+        )
+    assert suite.calls() == ["data", "data"]
 
 
 # Reaching a helper through an import in the fixture's body, or through a submodule.

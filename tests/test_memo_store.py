@@ -257,6 +257,64 @@ def test_yield_and_async_fixtures_are_refused_with_advice(
     assert not (suite.path / "calls.txt").exists()
 
 
+def test_each_test_using_a_refused_fixture_gets_one_short_error(suite: MemoSuite) -> None:
+    # The first test got the refusal; every later one an AssertionError from inside pytest
+    # ("assert not self._finalizers"), about 100 lines of pytest's internals each.
+    suite.write(
+        "conftest.py",
+        """
+        @pytest.fixture
+        @pytest.mark.memo
+        def yielding():
+            yield 1
+
+
+        @pytest.fixture(scope="module")
+        @pytest.mark.memo
+        async def asynchronous():
+            return 1
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def temporary(tmp_path):
+            return 1
+
+
+        @pytest.fixture
+        @pytest.mark.memo
+        def dynamic(request):
+            return request.getfixturevalue("yielding")
+        """,
+    )
+    suite.write(
+        "test_it.py",
+        "".join(
+            f"def test_{name}_{n}({name}):\n    pass\n\n\n"
+            for name in ("yielding", "asynchronous", "temporary", "dynamic")
+            for n in range(3)
+        ),
+    )
+    result = suite.run("-W", "ignore::pytest_memo.MemoWarning")
+    result.assert_outcomes(errors=12)
+    output = result.stdout.str()
+    assert "_pytest" not in output and "pytest_memo/" not in output
+    assert "Traceback" not in output and "AssertionError" not in output
+    fixes = {
+        "yielding": "is a yield fixture*Move the expensive part into its own*",
+        "asynchronous": "is an async fixture*Move the expensive part into its own*",
+        "temporary": "depends on 'tmp_path'*add ignore=?'tmp_path'? to its memo*",  # ?: [ ]
+        "dynamic": "is a yield fixture*Move the expensive part into its own*",
+    }
+    for name, fix in fixes.items():
+        wanted = "yielding" if name == "dynamic" else name
+        for n in range(3):
+            result.stdout.fnmatch_lines(
+                [f"*ERROR at setup of test_{name}_{n}*", f"pytest-memo: fixture '{wanted}' {fix}"]
+            )
+    assert suite.calls() == []
+
+
 @pytest.mark.parametrize("argument", ["tmp_path", "monkeypatch"])
 def test_a_per_run_dependency_is_an_error_suggesting_ignore(
     suite: MemoSuite, argument: str
@@ -571,7 +629,7 @@ def test_xdist_workers_compute_a_missing_entry_once(suite: MemoSuite) -> None:
     assert saved >= 2.0
 
     # --memo-refresh recomputes once per run, not once per worker: the workers share
-    # the moment the run started.
+    # the run's identity.
     suite.run_subprocess("-n", "2", "--memo-refresh").assert_outcomes(passed=8)
     assert suite.calls() == ["shared", "shared"]
 
@@ -753,3 +811,71 @@ def test_a_run_leaves_no_index_connection_open(suite: MemoSuite, options: tuple[
     }
     assert index.exists()
     assert index not in open_files
+
+
+# -- checkouts sharing a store ------------------------------------------------------------
+
+CHECKOUT_CONFTEST = """
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+@pytest.mark.memo
+def data():
+    with open(HERE / "calls.txt", "a") as log:
+        log.write("data\\n")
+    return {RETURNED}
+"""
+CHECKOUT_TEST = """
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def test_data(data):
+    assert data == {RETURNED}
+"""
+
+
+def write_checkouts(pytester: pytest.Pytester, returned: str) -> None:
+    """Two copies of one project, ``one`` and ``two``, whose fixture returns ``returned``."""
+    for checkout in ("one", "two"):
+        (pytester.path / checkout).mkdir()
+        (pytester.path / checkout / "pytest.ini").write_text("[pytest]\n")
+        for name, template in (("conftest.py", CHECKOUT_CONFTEST), ("test_it.py", CHECKOUT_TEST)):
+            (pytester.path / checkout / name).write_text(template.replace("{RETURNED}", returned))
+
+
+@pytest.mark.parametrize(
+    "returned",
+    ['{"file": HERE / "data.txt", "all": [HERE, HERE / "sub" / "x"], "out": Path("/elsewhere")}'],
+    ids=["pathlib paths"],
+)
+def test_checkouts_sharing_a_store_get_paths_into_their_own_checkout(
+    pytester: pytest.Pytester, returned: str
+) -> None:
+    # The second checkout received the first one's absolute paths.
+    store = pytester.path / "shared-store"
+    write_checkouts(pytester, returned)
+    for checkout in ("one", "two", "one"):
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--memo-dir={store}", checkout)
+        result.assert_outcomes(passed=1)
+    assert (pytester.path / "one" / "calls.txt").read_text() == "data\n"
+    assert not (pytester.path / "two" / "calls.txt").exists()  # loaded, rebased
+
+
+def test_a_str_path_into_the_checkout_is_computed_not_shared(pytester: pytest.Pytester) -> None:
+    returned = 'str(HERE / "data.txt")'
+    store = pytester.path / "shared-store"
+    write_checkouts(pytester, returned)
+    for checkout in ("one", "two"):
+        result = pytester.runpytest("-p", "no:cacheprovider", f"--memo-dir={store}", checkout)
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(
+            ["*MemoWarning*fixture 'data' could not be stored*holds the path of this checkout*"]
+        )
+    assert (pytester.path / "two" / "calls.txt").read_text() == "data\n"

@@ -24,6 +24,7 @@ __all__ = [
     "names",
     "owner_class",
     "reads_requesting_test",
+    "request_escapes",
     "request_passed_on",
     "setting_names",
     "string_constants",
@@ -101,10 +102,17 @@ def reads_requesting_test(code: types.CodeType) -> bool:
 def request_passed_on(code: types.CodeType) -> bool:
     """Whether the code does anything with ``request`` other than read one of
     :data:`FIXTURE_ATTRIBUTES`: handing it to a helper, which may read the test's node."""
-    return any(_passes_request_on(nested) for nested in code_objects(code))
+    return any(_passes_request_on(nested, FIXTURE_ATTRIBUTES) for nested in code_objects(code))
 
 
-def _passes_request_on(code: types.CodeType) -> bool:
+@functools.cache
+def request_escapes(code: types.CodeType) -> bool:
+    """Whether the code does anything with ``request`` other than read an attribute of
+    it (``request.node``, ``request.module``...): what other code does with it is unknown."""
+    return any(_passes_request_on(nested, None) for nested in code_objects(code))
+
+
+def _passes_request_on(code: types.CodeType, attributes: frozenset[str] | None) -> bool:
     instructions = list(dis.get_instructions(code))
     for position, instruction in enumerate(instructions):
         argument = instruction.argval
@@ -117,7 +125,7 @@ def _passes_request_on(code: types.CodeType) -> bool:
             and mentioned[-1] == "request"
             and following is not None
             and following.opname in ("LOAD_ATTR", "LOAD_METHOD")
-            and following.argval in FIXTURE_ATTRIBUTES
+            and (attributes is None or following.argval in attributes)
         )
         if not only_reads_an_attribute:
             return True

@@ -13,6 +13,8 @@ Raw buffer sections are byte-for-byte the array's memory, so they can be memory-
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import json
 import os
@@ -20,7 +22,7 @@ import pickle
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, Any, BinaryIO
 
 import cloudpickle
@@ -65,6 +67,42 @@ def _rebuild_array(
     return raw.view(dtype).reshape(shape, order=order)  # type: ignore[call-overload, no-any-return]
 
 
+def _rebuild_memoryview(array: np.ndarray[Any, Any], format: str, readonly: bool) -> memoryview:
+    """Inverse of the memoryview reduction below: a view of the same format, shape and
+    read-only-ness (over a new array: what it viewed in the dumping process is gone)."""
+    if readonly:
+        array.flags.writeable = False
+    elif not array.flags.writeable:  # read-only bytes kept in band, or a read-only map
+        array = array.copy()
+    view = memoryview(array.data)
+    if view.format != format:  # numpy spells some formats differently ("c" is "1s")
+        with contextlib.suppress(TypeError, ValueError):
+            view = view.cast("B").cast(format, array.shape)  # type: ignore[call-overload]
+    return view
+
+
+# The checkout a value is stored from and loaded into (see :func:`rooted`).
+_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("root", default=None)
+
+
+@contextlib.contextmanager
+def rooted(root: Path | None) -> Iterator[None]:
+    """Within the block, paths inside ``root`` are stored relative to it and loaded into
+    the ``root`` of the loading process: checkouts at different places sharing a store
+    each get paths into their own checkout.  A value holding ``root`` in any other form
+    (a ``str`` path) cannot be dumped: it would point into another checkout."""
+    token = _ROOT.set(root)
+    try:
+        yield
+    finally:
+        _ROOT.reset(token)
+
+
+def _rebased(cls: type[PurePath], original: str, relative: str) -> PurePath:
+    root = _ROOT.get()
+    return cls(original) if root is None else cls(root, relative)
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, with large arrays sent out of band whatever their layout or dtype."""
 
@@ -82,6 +120,14 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             buffer = pickle.PickleBuffer(raw)
             self._itemsizes[id(buffer)] = obj.dtype.itemsize
             return _rebuild_array, (buffer, obj.dtype, obj.shape, order)
+        root = _ROOT.get()
+        if root is not None and isinstance(obj, PurePath) and obj.is_absolute():
+            with contextlib.suppress(ValueError):
+                return _rebased, (type(obj), str(obj), obj.relative_to(root).as_posix())
+        if type(obj) is memoryview:
+            # pickle cannot store a memoryview and cloudpickle stores its bytes: keep the
+            # type, format, shape and read-only-ness, through an array (out of band if large).
+            return _rebuild_memoryview, (np.asarray(obj), obj.format, obj.readonly)
         if isinstance(obj, io.IOBase) and not isinstance(obj, io.BytesIO | io.StringIO):
             # cloudpickle would store a snapshot of an open file's text and load a
             # StringIO: another type, detached from the file. Refuse, as pickle does.
@@ -165,7 +211,33 @@ def _preamble(meta_offset: int, meta: bytes) -> bytes:
     return head[:-8] + struct.pack("<Q", _checksum(head[:-8]))
 
 
+def _refuse_root_text(obj: Any, root: Path) -> None:
+    """Refuse a str holding the root's path inside plain containers (a str path): loaded in
+    another checkout, it would point into this one.  Strings inside other objects are not
+    searched."""
+    text, pending, budget = str(root), [obj], 100_000
+    while pending and budget:
+        budget -= 1
+        item = pending.pop()
+        if type(item) is str:
+            if text in item:
+                raise ValueError(
+                    f"it holds the path of this checkout in a str ({item!r}): stores are "
+                    "shared between checkouts, where it would point into this one. Return a "
+                    "pathlib.Path (stored relative to the rootdir and loaded into each "
+                    "checkout) or a path relative to the rootdir"
+                )
+        elif type(item) is dict:
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif type(item) in (list, tuple, set, frozenset):
+            pending.extend(item)
+
+
 def _dump_to(obj: Any, file: BinaryIO, codec: Codec | None) -> int:
+    root = _ROOT.get()
+    if root is not None:
+        _refuse_root_text(obj, root)
     stream = io.BytesIO()
     pickler = _Pickler(stream)
     pickler.dump(obj)
@@ -223,6 +295,7 @@ class _Reader:
     base: int = 0
     codec: Codec | None = None
     sections: list[dict[str, Any]] = field(default_factory=list)
+    meta_offset: int = 0
     _mapped: np.memmap[Any, Any] | None = None
 
     def fail(self, problem: str) -> CorruptFileError:
@@ -250,6 +323,7 @@ class _Reader:
                 f"written in format version {version} by a newer pytest-memo; "
                 f"this one reads up to version {FORMAT_VERSION}: upgrade pytest-memo"
             )
+        self.meta_offset = meta_offset
         meta = self.read_exact(meta_offset, meta_size)
         if _checksum(meta) != meta_sum:
             raise self.fail("metadata checksum mismatch: the file is corrupt")
@@ -420,6 +494,28 @@ def _has_fileno(source: BinaryIO) -> bool:
     except (AttributeError, OSError, io.UnsupportedOperation):
         return False
     return True
+
+
+def pickle_stream(file: BinaryIO, name: str) -> bytes:
+    """The pickle stream of an open file, checked but neither unpickled nor followed by
+    its arrays: what a store reads to list an entry without loading it."""
+    reader = _Reader(file, name, None, True)
+    reader.open()
+    if not reader.sections:
+        raise reader.fail("metadata lists no pickle stream")
+    return reader.restore(reader.sections[0], memory_map=False).tobytes()
+
+
+def mappable_layout(file: BinaryIO, name: str) -> tuple[int, int] | None:
+    """For an uncompressed file: where its first array section starts and where its
+    metadata starts.  What lies outside that range is what loading parses (the header,
+    the pickle stream, the metadata); None for a compressed file, which maps nothing."""
+    reader = _Reader(file, name, None, True)
+    reader.open()
+    if reader.codec is not None:
+        return None
+    first = reader.sections[1]["offset"] if len(reader.sections) > 1 else reader.meta_offset
+    return first, reader.meta_offset
 
 
 def iter_sections(path: PathLike) -> Iterator[dict[str, Any]]:

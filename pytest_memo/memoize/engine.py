@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
@@ -38,7 +39,8 @@ class Lookup:
     source: str  # where the code is defined
     mmap: bool = False
     compress: object = None
-    stale_before: float | None = None  # --memo-refresh: entries written before are recomputed
+    run: str = ""  # the run computing it: stored in the entry's info
+    refresh: bool = False  # --memo-refresh: entries another run wrote are recomputed
 
 
 class Claim:
@@ -59,8 +61,9 @@ class Claim:
 class Memoized:
     """Values kept in ``store``, counted in ``stats``."""
 
-    def __init__(self, store: Store, stats: RunStats) -> None:
+    def __init__(self, store: Store, stats: RunStats, root: Path | None = None) -> None:
         self._store = store
+        self.root = root  # the rootdir: paths inside it are stored relative to it
         self.stats = stats
         self._broken = False
         self._prepared = False
@@ -129,12 +132,11 @@ class Memoized:
         return store
 
     def _read(self, store: Store, lookup: Lookup) -> Entry | None:
-        if lookup.stale_before is not None and store.created_before(
-            lookup.key, lookup.stale_before
-        ):
-            return None
+        from pytest_memo.core.serialize import rooted  # here: it imports numpy
+
         try:
-            entry = store.read(lookup.key, mmap=lookup.mmap)
+            with rooted(self.root):
+                entry = store.read(lookup.key, mmap=lookup.mmap)
         except CorruptFileError as error:
             warn(f"removed a damaged entry of {lookup.what} and recomputed it: {error}")
             store.remove(lookup.key)
@@ -151,6 +153,10 @@ class Memoized:
             return None
         if entry is not None and entry.info.fixture != lookup.name:
             return None  # not ours: never serve another fixture's value
+        if entry is not None and lookup.refresh and entry.info.run != lookup.run:
+            # Decided by the run's identity, not by comparing the file's time with the
+            # clock: a cache restored with timestamps from the future is refreshed too.
+            return None
         return entry
 
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
@@ -172,10 +178,14 @@ class Memoized:
             slot=lookup.slot,
             seconds=seconds,
             created=time.time(),
+            run=lookup.run,
         )
         try:
             invalidated = store.has_other_in_slot(info.slot, lookup.key)
-            store.write(lookup.key, info, value, compress=lookup.compress)
+            from pytest_memo.core.serialize import rooted  # here: it imports numpy
+
+            with rooted(self.root):
+                store.write(lookup.key, info, value, compress=lookup.compress)
         except OSError as error:
             self._fail(error)
             return

@@ -9,7 +9,7 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 from pytest_memo.core.hashing import UnhashableError, hash
-from pytest_memo.core.inspection import names, reads_requesting_test, setting_names
+from pytest_memo.core.inspection import (
+    FIXTURE_ATTRIBUTES,
+    REQUESTING_TEST_ATTRIBUTES,
+    names,
+    reads_requesting_test,
+    request_escapes,
+    setting_names,
+)
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
 from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
@@ -32,8 +39,8 @@ __all__ = ["FixtureMemo"]
 class Settings:
     rootdir: Path
     store: Store | None  # None: --memo-off
-    run_started: float  # in the main process, for all workers of a run
-    refresh: bool  # --memo-refresh: entries written before the run started are recomputed
+    run: str  # the run's identity, made in the main process and handed to its workers
+    refresh: bool  # --memo-refresh: entries that other runs wrote are recomputed
     by_name: frozenset[str]  # the memo_fixtures ini option
 
 
@@ -44,7 +51,7 @@ class FixtureMemo:
         self.engine: Memoized | NotMemoized = (
             NotMemoized(self.stats)
             if settings.store is None
-            else Memoized(settings.store, self.stats)
+            else Memoized(settings.store, self.stats, settings.rootdir)
         )
         self.pruned: int | None = None  # entries removed by --memo-prune
         self.fingerprints = CodeFingerprints(settings.rootdir)
@@ -68,10 +75,34 @@ class FixtureMemo:
 
     # -- setup ----------------------------------------------------------------
 
+    def refusals(self, fixturedefs: Any) -> list[str]:
+        """Why memoized fixtures among ``fixturedefs`` (a test's, at collection) cannot be
+        memoized: the test gets these errors instead of running."""
+        found = []
+        for fixturedef in fixturedefs:
+            options = self.options_for(fixturedef)
+            message = None if options is None else refusal(fixturedef, options)
+            if message is not None:
+                found.append(message)
+        return found
+
     def setup(
         self, fixturedef: Any, request: Any, options: MemoOptions
     ) -> Generator[None, Any, Any]:
-        _refuse_unsupported(fixturedef)
+        message = refusal(fixturedef, options)  # for fixtures requested by getfixturevalue
+        if message is None:
+            try:
+                return (yield from self._setup(fixturedef, request, options))
+            except _Refused as refused:
+                message = str(refused)
+        # Failing inside pytest's own setup, which caches the error for the fixture's scope
+        # and reports it alone: raised from this wrapper, before pytest sets the fixture up,
+        # it would leave the fixture half set up and every later test erroring inside pytest.
+        return (yield from _serve(fixturedef, _failing(message)))
+
+    def _setup(
+        self, fixturedef: Any, request: Any, options: MemoOptions
+    ) -> Generator[None, Any, Any]:
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
         if "getfixturevalue" in names(function.__code__):
             warn(
@@ -80,7 +111,15 @@ class FixtureMemo:
                 "request those fixtures as arguments instead"
             )
             return (yield)
-        key, slot = self._key(fixturedef, request, options)
+        try:
+            key, slot = self._key(fixturedef, request, options)
+        except _NotKeyable as problem:
+            warn(
+                f"fixture {fixturedef.argname!r} {problem}, which cannot enter its key, so it "
+                "is computed, not memoized; read what it needs in a fixture that is not "
+                "memoized and pass plain values to this one (as arguments or parameters)"
+            )
+            return (yield)
         self._keys[fixturedef] = key
         self.stats.used_slots.add(slot)
         lookup = Lookup(
@@ -91,11 +130,12 @@ class FixtureMemo:
             source=self._source(fixturedef.func),
             mmap=options.mmap,
             compress=options.compress,
-            stale_before=self.settings.run_started if self.settings.refresh else None,
+            run=self.settings.run,
+            refresh=self.settings.refresh,
         )
         with self.engine.claim(lookup) as claim:
             if claim.entry is not None:
-                return (yield from _serve(fixturedef, claim.entry.value))
+                return (yield from _serve(fixturedef, _returning(claim.entry.value)))
             value = yield  # pytest sets the fixture up: it computes
             claim.keep(value)
             return value
@@ -108,9 +148,9 @@ class FixtureMemo:
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
         param = self._param(fixturedef, request)
         if "request" in fixturedef.argnames and reads_requesting_test(function.__code__):
-            # request.node, request.function, ... or request handed to other code: the
-            # value may depend on the requesting test.
-            param = hash((param, request.node.nodeid))
+            # request.node, request.module, ...: the value may depend on the requesting
+            # test, and on what the code reads of it (marks, parameters, attributes).
+            param = hash((param, request.node.nodeid, self._test_read(function, request)))
         options_read = _options_read(function, request.config)
         dependencies = {
             name: self._dependency(fixturedef, request, name)
@@ -136,45 +176,75 @@ class FixtureMemo:
         )
         return key, combine(identity=identity, param=param)
 
+    def _test_read(self, function: Any, request: Any) -> list[Any]:
+        """Digests of what the code may read of the requesting test: its marks, its
+        parameters, and the attributes of the test's node, module, class, instance and
+        function that the code names.  Raises :class:`_NotKeyable` when it cannot tell."""
+        code = function.__code__
+        if request_escapes(code):
+            raise _NotKeyable("hands request to other code, which may read the requesting test")
+        named = names(code)
+        if "applymarker" in named or "add_marker" in named:
+            raise _NotKeyable("marks the requesting test (a side effect a stored value skips)")
+        node = request.node
+        read: list[Any] = []
+        try:
+            marks = [(mark.name, mark.args, mark.kwargs) for mark in node.iter_markers()]
+            read.append(("marks", self.fingerprints.data_digest(marks)))
+            callspec = getattr(node, "callspec", None)
+            if callspec is not None:
+                read.append(("params", self.fingerprints.data_digest(dict(callspec.params))))
+        except UnhashableError as error:
+            raise _NotKeyable(f"reads the marks or parameters of the test ({error})") from None
+        for where in ("node", "module", "cls", "instance", "function"):
+            if where not in named:
+                continue
+            try:
+                owner = node if where == "node" else getattr(request, where)
+            except Exception:  # e.g. request.module of a session-scoped fixture
+                continue
+            if owner is None:
+                continue
+            for name in named:
+                if name in REQUEST_ATTRIBUTES:
+                    continue  # named for request.<name>: read as such above
+                try:
+                    value = getattr(owner, name)
+                except Exception:  # not its attribute, or a property that fails
+                    continue
+                if inspect.ismethod(value) and value.__self__ is owner:
+                    if where == "node" and name in NODE_QUERIES:
+                        continue  # answered from the marks and parameters above
+                    raise _NotKeyable(f"calls request.{where}.{name}()")
+                try:
+                    read.append((where, name, self.fingerprints.data_digest(value)))
+                except UnhashableError as error:
+                    raise _NotKeyable(f"reads request.{where}.{name} ({error})") from None
+        return read
+
     def _param(self, fixturedef: Any, request: Any) -> str | None:
         if not hasattr(request, "param"):
             return None
         try:
             return self.fingerprints.data_digest(request.param)
         except UnhashableError as error:
-            problem = str(error)
-        # Failing outside the except clause: the report shows our message alone, not a
-        # "During handling of the above exception" chain behind it.
-        pytest.fail(
-            f"pytest-memo: the parameter of fixture {fixturedef.argname!r} cannot be hashed "
-            f"({problem}); use parameters that are plain data",
-            pytrace=False,
-        )
+            raise _Refused(
+                f"pytest-memo: the parameter of fixture {fixturedef.argname!r} cannot be "
+                f"hashed ({error}); use parameters that are plain data"
+            ) from None
 
     def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
         dependency = active_fixturedef(request, name)
         key = self._keys.get(dependency)
         if key is not None:
             return ("memo", key)
-        hint = (
-            f"add ignore=[{name!r}] to its memo mark if the value does not depend on it, "
-            "or memoize a fixture that does not use it"
-        )
-        if name in PYTEST_PER_RUN_FIXTURES:
-            pytest.fail(
-                f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, which is "
-                f"different on every run, so it could never be loaded from the store: {hint}",
-                pytrace=False,
-            )
         try:
             return ("value", self.fingerprints.data_digest(request.getfixturevalue(name)))
         except UnhashableError as error:
-            problem = str(error)
-        pytest.fail(  # outside the except clause, as in _param
-            f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, whose value "
-            f"cannot be hashed into its key ({problem}): {hint}",
-            pytrace=False,
-        )
+            raise _Refused(
+                f"pytest-memo: fixture {fixturedef.argname!r} depends on {name!r}, whose "
+                f"value cannot be hashed into its key ({error}): {_ignore_hint(name)}"
+            ) from None
 
     def _source(self, function: Any) -> str:
         try:
@@ -184,14 +254,38 @@ class FixtureMemo:
             return str(getattr(function, "__module__", "?"))
 
 
-def _serve(fixturedef: Any, value: Any) -> Generator[None, Any, Any]:
-    """Let pytest set the fixture up with ``value`` instead of calling the fixture."""
+# Methods of a test's node whose answers depend only on its marks and parameters.
+NODE_QUERIES = frozenset({"get_closest_marker", "iter_markers", "iter_markers_with_node"})
+REQUEST_ATTRIBUTES = REQUESTING_TEST_ATTRIBUTES | FIXTURE_ATTRIBUTES
 
+
+class _NotKeyable(Exception):
+    """What the fixture reads of the requesting test cannot enter its key (the message
+    completes "fixture 'name' ...")."""
+
+
+class _Refused(Exception):
+    """The fixture cannot be memoized: the message says why and what to do."""
+
+
+def _returning(value: Any) -> Callable[..., Any]:
     def stored_value(*args: Any, **kwargs: Any) -> Any:
         return value
 
+    return stored_value
+
+
+def _failing(message: str) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        pytest.fail(message, pytrace=False)
+
+    return refused
+
+
+def _serve(fixturedef: Any, function: Callable[..., Any]) -> Generator[None, Any, Any]:
+    """Let pytest set the fixture up by calling ``function`` instead of the fixture."""
     original = fixturedef.func
-    fixturedef.func = stored_value
+    fixturedef.func = function
     try:
         return (yield)
     finally:
@@ -204,6 +298,8 @@ def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None
     candidates = setting_names(function.__code__)
     if candidates is None:
         return None
+    if "option" in names(function.__code__):  # request.config.option.size
+        candidates = sorted({*candidates, *names(function.__code__)})
     read = {}
     for text in candidates:
         for kind, lookup in (("option", config.getoption), ("ini", config.getini)):
@@ -229,18 +325,34 @@ def _refuse_absolute_patterns(name: str, patterns: Any, rootdir: Path) -> None:
             )
 
 
-def _refuse_unsupported(fixturedef: Any) -> None:
+def _ignore_hint(name: str) -> str:
+    return (
+        f"add ignore=[{name!r}] to its memo mark if the value does not depend on it, "
+        "or memoize a fixture that does not use it"
+    )
+
+
+def refusal(fixturedef: Any, options: MemoOptions) -> str | None:
+    """Why a memoized fixture can never be memoized, seen from its definition alone:
+    a yield or async fixture, or one that takes a per-run built-in (``tmp_path``)."""
     function = fixturedef.func
+    name = fixturedef.argname
     reason = None
     if inspect.isgeneratorfunction(function):
         reason = "is a yield fixture, and its teardown cannot be replayed from the store"
     elif inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
         reason = "is an async fixture, whose value only exists inside an event loop"
     if reason is not None:
-        pytest.fail(
-            f"pytest-memo: fixture {fixturedef.argname!r} {reason}. Move the expensive part "
-            "into its own (plain, synchronous) fixture that returns the data and mark that "
-            "one with @pytest.mark.memo; keep this fixture unmemoized, taking the data as "
-            "an argument.",
-            pytrace=False,
+        return (
+            f"pytest-memo: fixture {name!r} {reason}. Move the expensive part into its own "
+            "(plain, synchronous) fixture that returns the data and mark that one with "
+            "@pytest.mark.memo; keep this fixture unmemoized, taking the data as an argument."
         )
+    for argument in fixturedef.argnames:
+        if argument in PYTEST_PER_RUN_FIXTURES and argument not in options.ignore:
+            return (
+                f"pytest-memo: fixture {name!r} depends on {argument!r}, which is different "
+                f"on every run, so it could never be loaded from the store: "
+                f"{_ignore_hint(argument)}"
+            )
+    return None

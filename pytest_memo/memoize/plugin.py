@@ -4,7 +4,9 @@ the work is done in ``fixture_memo`` and ``store``, which know nothing of these 
 from __future__ import annotations
 
 import contextlib
-import time
+import os
+import uuid
+import warnings
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,19 @@ from pytest_memo.memoize import cache as memory
 from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
-from pytest_memo.store.local import Store, secret_from_environment
+from pytest_memo.store.local import Store, StoreRepairWarning, secret_from_environment
 from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
 # What pytest-xdist's main process tells its workers (workerinput), and this plugin's key
 # in what they send back (workeroutput, and --par workers' too).
-WORKER_STARTED = "pytest_memo_started"
+WORKER_RUN = "pytest_memo_run"
 WORKER_STORE_UNUSABLE = "pytest_memo_unusable"
 WORKER_OUTPUT = "pytest_memo"
+# How --par workers started as new interpreters learn the run's identity (forked ones
+# inherit it): set in the main process's environment while it runs.
+RUN_VARIABLE = "PYTEST_MEMO_RUN"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,10 +117,14 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 def _show(config: pytest.Config, session: pytest.Session) -> int:
     store = _store(config)
     try:
-        entries = store.listing()
+        with warnings.catch_warnings(record=True) as repairs:
+            warnings.simplefilter("always", StoreRepairWarning)
+            entries = store.listing()
     finally:
         store.close()
     writer = config.get_terminal_writer()
+    for repair in repairs:
+        writer.line(f"{type(repair.message).__name__}: {repair.message}", yellow=True)
     writer.sep("-", f"pytest-memo store: {store.root}")
     if not entries:
         writer.line("(empty)")
@@ -133,12 +142,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     _max_size(config)  # a bad size is a usage error before anything runs
     store = None if config.getoption("memo_off") else _store(config)
-    started = getattr(config, "workerinput", {}).get(WORKER_STARTED, time.time())
+    run = _run_identity(config)
     config.stash[MEMO] = FixtureMemo(
         Settings(
             rootdir=config.rootpath,
             store=store,
-            run_started=started,
+            run=run,
             refresh=bool(config.getoption("memo_refresh")),
             by_name=frozenset(config.getini("memo_fixtures")),
         )
@@ -150,7 +159,32 @@ def pytest_configure(config: pytest.Config) -> None:
         _prepare(config, store)
 
 
+def _run_identity(config: pytest.Config) -> str:
+    """The run's identity, the same in the main process and in all its workers: entries
+    carry it, and --memo-refresh recomputes those another run wrote."""
+    from_xdist = getattr(config, "workerinput", {}).get(WORKER_RUN)
+    if from_xdist:
+        return str(from_xdist)
+    from pytest_memo.parallel.spawn import is_spawned_worker
+
+    if is_spawned_worker() and os.environ.get(RUN_VARIABLE):
+        return os.environ[RUN_VARIABLE]
+    run = uuid.uuid4().hex
+    if not _is_worker(config):
+        os.environ[RUN_VARIABLE] = run  # removed in pytest_unconfigure
+    return run
+
+
 def _prepare(config: pytest.Config, store: Store) -> None:
+    # What the store repaired (its layout, its index) is said before the tests run.
+    with warnings.catch_warnings(record=True) as repairs:
+        warnings.simplefilter("always", StoreRepairWarning)
+        _prepare_store(config, store)
+    for repair in repairs:
+        config.issue_config_time_warning(repair.message, stacklevel=2)  # type: ignore[arg-type]
+
+
+def _prepare_store(config: pytest.Config, store: Store) -> None:
     clear = config.getoption("memo_clear")
     try:
         store.prepare()
@@ -187,12 +221,34 @@ def pytest_fixture_setup(fixturedef: Any, request: Any) -> Generator[None, Any, 
     return (yield from memo.setup(fixturedef, request, options))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # ``@pytest.mark.memo`` on a test function records options instead of a mark (it cannot
-    # tell a test from a fixture-to-be); give such tests the mark so ``-m memo`` finds them.
+REFUSED = pytest.StashKey[list[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    memo = config.stash.get(MEMO, None)
     for item in items:
+        # ``@pytest.mark.memo`` on a test function records options instead of a mark (it
+        # cannot tell a test from a fixture-to-be); give such tests the mark so ``-m memo``
+        # finds them.
         if marker.options_of(getattr(item, "obj", None)) is not None:
             item.add_marker("memo")
+        if memo is not None:
+            from pytest_memo.pytest_compat import item_fixture_definitions
+
+            # A memoized fixture that can never be memoized (a yield fixture, one taking
+            # tmp_path): found now, each test using it errors with the reason before any
+            # fixture is set up.
+            definitions = item_fixture_definitions(item).values()
+            refusals = memo.refusals(defs[-1] for defs in definitions if defs)
+            if refusals:
+                item.stash[REFUSED] = refusals
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    refusals = item.stash.get(REFUSED, None)
+    if refusals:
+        pytest.fail("\n".join(dict.fromkeys(refusals)), pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -269,6 +325,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     memo = config.stash.get(MEMO, None)
+    if memo is not None and os.environ.get(RUN_VARIABLE) == memo.settings.run:
+        del os.environ[RUN_VARIABLE]
     if memo is not None and memo.settings.store is not None:
         memo.settings.store.close()
 
@@ -289,7 +347,7 @@ def pytest_configure_node(node: Any) -> None:
 
     memo = node.config.stash.get(MEMO, None)
     if memo is not None:
-        node.workerinput[WORKER_STARTED] = memo.settings.run_started
+        node.workerinput[WORKER_RUN] = memo.settings.run
         node.workerinput[WORKER_STORE_UNUSABLE] = memo.store is None
         node.workerinput[REMOTE_OFF] = not getattr(memo.settings.store, "remote_usable", True)
 

@@ -140,3 +140,16 @@ class Bye(NamedTuple):
 
 
 FromWorker = ItemDone | Exited | Interrupted | Bye
+
+
+def _reduce(message: tuple[Any, ...]) -> tuple[type, tuple[Any, ...]]:
+    return type(message), tuple(message)
+
+
+# Pickle a message as its class and its fields: half the time of the default for a
+# NamedTuple (copyreg's __newobj__ protocol), which a worker pays for every test's events.
+for _message_type in (
+    LogStart, LogReport, LogFinish, WarningEvent, SuiteProperty, Run, End, Stop, Hello,
+    ItemDone, Exited, Interrupted, Bye,
+):  # fmt: skip
+    _message_type.__reduce__ = _reduce  # type: ignore[assignment,method-assign]

@@ -7,9 +7,14 @@ Layout under the store directory::
                                     atomically by :func:`pytest_memo.dump`
     v1/locks/abcdef....lock         single flight: whoever holds it computes the entry
     v1/index.sqlite                 listing, statistics and eviction (WAL: many processes)
+    v1/tmp/abcdef....host.pid.X.tmp  entries being written, named after their writer
 
 An entry file is self-contained and self-checking; the index only speeds up listing and
-eviction, and a missing index row is recreated from the file the next time it is used.
+eviction, and is derived data: a missing row is recreated from the file the next time it
+is used, and a damaged index is rebuilt from the entry files.  The store repairs what it
+can of its own layout (a file where a directory belongs is moved aside, a FIFO or a
+directory where an entry belongs is removed) and removes the temporary files of writers
+that were killed.
 """
 
 from __future__ import annotations
@@ -17,17 +22,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import os
+import pickletools
 import shutil
+import stat
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from pytest_memo.core.errors import CorruptFileError
-from pytest_memo.core.files import write_atomically
+from pytest_memo.core.files import (
+    NotRegularFileError,
+    describe_mode,
+    open_regular,
+    temporary_in,
+    write_atomically,
+    writer_gone,
+)
 from pytest_memo.store.location import LAYOUT
 
 if TYPE_CHECKING:
@@ -35,8 +51,15 @@ if TYPE_CHECKING:
 
     import filelock
 
-__all__ = ["Entry", "EntryInfo", "Store"]
+__all__ = ["Entry", "EntryInfo", "Store", "StoreRepairWarning"]
 
+T = TypeVar("T")
+
+TEMPORARY = "tmp"
+# PRAGMA user_version of an index that lists every entry file (one built from them or
+# kept up to date since): an index without it is filled from the entry files first.
+INDEX_VERSION = 1
+_COLUMNS = ("key", "slot", "fixture", "source", "created", "last_used", "hits", "size", "seconds")
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by pytest-memo.\n"
@@ -59,6 +82,14 @@ CREATE INDEX IF NOT EXISTS entries_last_used ON entries (last_used);
 """
 
 
+class StoreRepairWarning(UserWarning):
+    """The store found damage (its index, its directories, an entry) and repaired it."""
+
+
+class _DamagedIndex(Exception):
+    """The index file cannot be used as it is: it is rebuilt from the entry files."""
+
+
 @dataclass(frozen=True)
 class EntryInfo:
     """What is known about an entry besides its value.
@@ -72,6 +103,7 @@ class EntryInfo:
     slot: str
     seconds: float
     created: float
+    run: str = ""  # the run that wrote it (--memo-refresh); "" in entries of older versions
 
 
 @dataclass(frozen=True)
@@ -111,7 +143,11 @@ class Store:
         self._generation = 0  # bumped by close(): threads then open new connections
         self._pending_hits: dict[str, int] = {}
         self._pending_lock = threading.Lock()
+        # Files whose memory-mapped arrays were checked (and, with a secret, whose whole
+        # file was verified), by (device, inode, modification time): mapped data is only
+        # read when used, so it is checked once per process, not on every hit.
         self._verified: set[tuple[int, int, int]] = set()
+        self._reported: set[str] = set()
 
     # -- paths ----------------------------------------------------------------
 
@@ -121,39 +157,96 @@ class Store:
     def _lock_path(self, key: str) -> Path:
         return self.base / "locks" / f"{key}.lock"
 
+    @property
+    def _index_path(self) -> Path:
+        return self.base / "index.sqlite"
+
     def prepare(self) -> None:
-        """Create the directory with its markers; raises OSError if it cannot be written."""
-        self.base.mkdir(parents=True, exist_ok=True)
-        (self.base / "locks").mkdir(exist_ok=True)
+        """Create the directory with its markers, repairing its layout and removing the
+        temporary files of killed writers; raises OSError if it cannot be written."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for directory in (self.base, *(self.base / name for name in ("entries", "locks"))):
+            self._directory(directory)
+        self._directory(self.base / TEMPORARY)
         mark_cache_directory(self.root)
+        count, size = self.remove_leftovers()
+        if count:
+            self._report(
+                f"removed {count} temporary file{'s' * (count > 1)} ({size / 1e6:.1f} MB) "
+                f"left by a writer that was killed in {self.base / TEMPORARY}"
+            )
+
+    def _directory(self, directory: Path) -> None:
+        """Make ``directory``; something else in its place is moved aside (with a warning)."""
+        try:
+            directory.mkdir(exist_ok=True)
+            return
+        except FileExistsError:
+            if directory.is_dir():
+                return
+        aside = directory.with_name(f"{directory.name}.moved-aside-{time.time_ns()}")
+        kind = describe_mode(directory.lstat().st_mode) if directory.is_symlink() else None
+        os.replace(directory, aside)
+        directory.mkdir()
+        self._report(
+            f"{directory} was {kind or 'a file'}, not a directory: moved it aside to "
+            f"{aside.name} and made the directory again (remove {aside} if you do not need it)"
+        )
+
+    def _report(self, message: str) -> None:
+        """One warning per process for each repair."""
+        if message not in self._reported:
+            self._reported.add(message)
+            warnings.warn(StoreRepairWarning(f"pytest-memo: {message}"), stacklevel=3)
 
     # -- entries --------------------------------------------------------------
+
+    def _open_entry(self, path: Path) -> int | None:
+        """A descriptor on the entry file, or None if there is none; never blocks."""
+        try:
+            return open_regular(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # NotADirectoryError: a file where entries/ab/ belongs; write repairs
+        except NotRegularFileError as error:
+            raise CorruptFileError(f"{path}: {error.kind} in the place of an entry") from None
+        except OSError as error:
+            # ENXIO (a socket), ELOOP: tell what is there rather than why it did not open
+            with contextlib.suppress(OSError):
+                mode = path.lstat().st_mode
+                if not stat.S_ISREG(mode):
+                    raise CorruptFileError(
+                        f"{path}: {describe_mode(mode)} in the place of an entry"
+                    ) from None
+            raise error
 
     def read(self, key: str, mmap: bool = False) -> Entry | None:
         """The entry for ``key``, or None if there is none.
 
-        Raises CorruptFileError for a damaged entry, and for an entry whose signature is
-        missing or wrong when the store has a secret; the caller decides what to do.
+        Raises CorruptFileError for a damaged entry (or something that is not a file in
+        its place), and for an entry whose signature is missing or wrong when the store
+        has a secret; the caller decides what to do.
         """
         from pytest_memo.core.serialize import load  # here: it imports numpy
 
         path = self.entry_path(key)
-        try:
-            file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
+        handle = self._open_entry(path)
+        if handle is None:
             return None
-        with file:
-            # Checks that read the whole file run once per process for each file: memory-
-            # mapped data (which load skips) and the signature. Later hits cost nothing.
-            first = self._first_sight(file)
-            if first and self.secret is not None:
-                self._check_signature(key, path, file)
-                file.seek(0)
-            verify = True if mmap and first else None
-            info, value = load(file, mmap_mode="r" if mmap else None, verify=verify)
+        with open(handle, "rb", buffering=0) as file:
+            file.name = str(path)  # for messages: not the descriptor number
+            if self.secret is not None:
+                info, value = self._load_verified(key, path, file, mmap)
+            else:
+                # Mapped arrays are checked once per process for each file (checking
+                # reads the whole file, which mapping avoids); read data always is.
+                verify = True if mmap and self._first_sight(file) else None
+                info, value = load(file, mmap_mode="r" if mmap else None, verify=verify)
         if not isinstance(info, dict):
             raise CorruptFileError(f"{path}: not a pytest-memo store entry")
-        return Entry(key, EntryInfo(**info), value)
+        try:
+            return Entry(key, EntryInfo(**info), value)
+        except TypeError:
+            raise CorruptFileError(f"{path}: not a pytest-memo store entry") from None
 
     def _first_sight(self, file: IO[bytes]) -> bool:
         status = os.fstat(file.fileno())
@@ -163,62 +256,227 @@ class Store:
             self._verified.add(seen)
         return first
 
-    def _signature(self, key: str, file: IO[bytes]) -> str:
+    # -- signatures -----------------------------------------------------------
+    #
+    # A signature file holds the HMAC of the key and the whole entry file and, for an
+    # uncompressed entry, a second one of the parts that loading parses and unpickles
+    # (everything but the array sections, which are memory-mapped).  What is unpickled
+    # is always bytes held in memory that were verified on that very read: an entry
+    # rewritten in place after it was verified is refused, whatever its inode and time.
+
+    def _mac(self, key: str, *parts: bytes | memoryview) -> str:
         assert self.secret is not None
         mac = hmac.new(self.secret, key.encode(), hashlib.sha256)
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest()
+
+    def _file_mac(self, key: str, file: IO[bytes]) -> str:
+        assert self.secret is not None
+        mac = hmac.new(self.secret, key.encode(), hashlib.sha256)
+        file.seek(0)
         while block := file.read(1 << 20):
             mac.update(block)
         return mac.hexdigest()
 
-    def _check_signature(self, key: str, path: Path, file: IO[bytes]) -> None:
+    def _head(self, file: BinaryIO, path: Path) -> tuple[int, int, bytes, bytes] | None:
+        """(first array offset, metadata offset, the bytes before, the bytes from) of an
+        uncompressed entry; None for a compressed one."""
+        from pytest_memo.core.serialize import mappable_layout
+
+        file.seek(0)
+        layout = mappable_layout(file, str(path))
+        if layout is None:
+            return None
+        first, meta = layout
+        return first, meta, os.pread(file.fileno(), first, 0), _read_from(file, meta)
+
+    def _head_mac(self, key: str, first: int, meta: int, before: bytes, after: bytes) -> str:
+        lengths = f"\0{first}:{meta}:{len(after)}\0".encode()
+        return self._mac(key, lengths, before, after)
+
+    def _signature_text(self, key: str, file: BinaryIO, path: Path) -> str:
+        text = self._file_mac(key, file)
+        head = self._head(file, path)
+        if head is not None:
+            text += " " + self._head_mac(key, *head)
+        return text
+
+    def _expected_signature(self, path: Path) -> list[str]:
+        sig = path.with_suffix(".sig")
         try:
-            expected = path.with_suffix(".sig").read_text().strip()
+            handle = open_regular(sig)
         except FileNotFoundError:
             raise CorruptFileError(
                 f"{path}: not signed, and PYTEST_MEMO_SECRET is set: it was not written with "
                 "this secret, so it is not loaded"
             ) from None
-        if not hmac.compare_digest(expected, self._signature(key, file)):
-            raise CorruptFileError(
-                f"{path}: its signature does not match PYTEST_MEMO_SECRET (signed with another "
-                "secret, or modified since): it is not loaded"
-            )
+        except NotRegularFileError as error:
+            raise CorruptFileError(f"{sig}: {error.kind} in the place of a signature") from None
+        with open(handle, "rb") as file:
+            return file.read(1024).decode("ascii", "replace").split()
+
+    def _mismatch(self, path: Path) -> CorruptFileError:
+        return CorruptFileError(
+            f"{path}: its signature does not match PYTEST_MEMO_SECRET (signed with another "
+            "secret, or modified since): it is not loaded"
+        )
+
+    def _load_verified(self, key: str, path: Path, file: BinaryIO, mmap: bool) -> Any:
+        from pytest_memo.core.serialize import load
+
+        expected = self._expected_signature(path)
+        if mmap and len(expected) == 2:
+            head = self._head(file, path)
+            if head is not None:
+                if not hmac.compare_digest(expected[1], self._head_mac(key, *head)):
+                    raise self._mismatch(path)
+                first_sight = self._first_sight(file)
+                if first_sight and not hmac.compare_digest(expected[0], self._file_mac(key, file)):
+                    raise self._mismatch(path)
+                verified = _VerifiedFile(file, head)
+                return load(verified, mmap_mode="r", verify=first_sight)  # type: ignore[arg-type]
+        # Read once into memory; verify and load those very bytes.
+        file.seek(0)
+        data = _read_from(file, 0)
+        if not expected or not hmac.compare_digest(expected[0], self._mac(key, data)):
+            raise self._mismatch(path)
+        return load(io.BytesIO(data))
 
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
-        """Store ``value`` atomically (and its signature, with a secret); returns its size."""
+        """Store ``value`` atomically (and its signature, with a secret); returns its size.
+
+        The temporary file is written in ``tmp/``, named after its writer: if the writer
+        is killed, a later run sees that and removes it."""
         from pytest_memo.core.serialize import dump  # here: it imports numpy
 
         path = self.entry_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        size = dump((asdict(info), value), path, compress=compress)
-        if self.secret is not None:
-            with open(path, "rb") as file:
-                write_atomically(path.with_suffix(".sig"), self._signature(key, file))
+        self._entry_directory(path.parent)
+        try:
+            handle, temporary = temporary_in(self.base / TEMPORARY, key)
+        except FileNotFoundError:
+            self._directory(self.base / TEMPORARY)
+            handle, temporary = temporary_in(self.base / TEMPORARY, key)
+        try:
+            with open(handle, "w+b") as file:
+                size = dump((asdict(info), value), file, compress=compress)
+                file.flush()
+                signature = None if self.secret is None else self._signature_text(key, file, path)
+            if signature is not None:
+                write_atomically(path.with_suffix(".sig"), signature, self.base / TEMPORARY)
+            self._replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
         self._index_insert(key, info, size)
         return size
 
-    def remove(self, key: str) -> None:
-        self.entry_path(key).unlink(missing_ok=True)
-        self.entry_path(key).with_suffix(".sig").unlink(missing_ok=True)
-        with self._index() as index:
-            index.execute("DELETE FROM entries WHERE key = ?", (key,))
-
-    def created_before(self, key: str, moment: float) -> bool:
-        """True if the entry exists and its file was written before ``moment``."""
+    def _entry_directory(self, directory: Path) -> None:
+        """Make ``entries/ab/``: a file in its place (or in the place of ``entries/``) is
+        ours, and removed."""
         try:
-            return self.entry_path(key).stat().st_mtime < moment
+            directory.mkdir(exist_ok=True)
+            return
         except FileNotFoundError:
-            return False
+            self._directory(self.base)
+            self._directory(directory.parent)
+        except FileExistsError:
+            if directory.is_dir():
+                return
+            directory.unlink()
+            self._report(f"{directory} was a file, not a directory: removed it")
+        directory.mkdir(exist_ok=True)
+
+    def _replace(self, temporary: str, path: Path) -> None:
+        try:
+            os.replace(temporary, path)
+        except IsADirectoryError:
+            self._remove_path(path)
+            os.replace(temporary, path)
+
+    def _remove_path(self, path: Path) -> None:
+        """Remove a file or whatever else is at ``path`` in the store (never a link's target)."""
+        try:
+            path.unlink(missing_ok=True)
+        except IsADirectoryError:
+            shutil.rmtree(path)
+        except PermissionError:
+            if not (path.is_dir() and not path.is_symlink()):
+                raise
+            shutil.rmtree(path)  # macOS: EPERM for unlink() of a directory
+
+    def remove(self, key: str) -> None:
+        path = self.entry_path(key)
+        with contextlib.suppress(NotADirectoryError):
+            self._remove_path(path)
+            self._remove_path(path.with_suffix(".sig"))
+        self._query(lambda index: index.execute("DELETE FROM entries WHERE key = ?", (key,)))
 
     def lock(self, key: str) -> filelock.BaseFileLock:
         """The key's lock: whoever holds it computes the entry, the others wait for it.
 
         It is an OS file lock, released by the kernel if its holder dies, so a waiter
-        takes over from a crashed process instead of waiting forever.
+        takes over from a crashed process instead of waiting forever.  A symbolic link,
+        a hard link or anything but a plain file in its place is removed first (the lock
+        would be taken on, or truncate, what it points to).
         """
         import filelock  # here: importing it costs 30 ms at pytest start-up otherwise
 
-        return filelock.FileLock(self._lock_path(key))
+        path = self._lock_path(key)
+        self._safe_lock_file(path)
+        return filelock.FileLock(path)
+
+    def _safe_lock_file(self, path: Path) -> None:
+        try:
+            status = path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISREG(status.st_mode) and status.st_nlink == 1:
+            return
+        if stat.S_ISLNK(status.st_mode):
+            what = f"a symbolic link to {os.readlink(path)}"
+        elif stat.S_ISREG(status.st_mode):
+            what = f"a file with {status.st_nlink} hard links"
+        else:
+            what = describe_mode(status.st_mode)
+        self._remove_path(path)
+        self._report(
+            f"the lock file {path} was {what}: removed it (not what it pointed to) and "
+            "made a new lock file"
+        )
+
+    # -- leftovers of killed writers ------------------------------------------
+
+    def _leftovers(self, deep: bool = False) -> tuple[list[Path], list[Path]]:
+        """(temporary files whose writer is gone, those still being written): in ``tmp/``,
+        and with ``deep`` also beside the entries (where older versions wrote them)."""
+        candidates: list[Path] = []
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            candidates.extend(Path(item.path) for item in os.scandir(self.base / TEMPORARY))
+        if deep:
+            for directory in _scandir(self.base / "entries"):
+                candidates.extend(
+                    Path(item.path)
+                    for item in _scandir(Path(directory.path))
+                    if item.name.startswith(".") and item.name.endswith(".tmp")
+                )
+        now = time.time()
+        gone: list[Path] = []
+        live: list[Path] = []
+        for path in candidates:
+            (gone if writer_gone(path, now) else live).append(path)
+        return gone, live
+
+    def remove_leftovers(self, deep: bool = False) -> tuple[int, int]:
+        """Remove the temporary files of writers that were killed; returns (how many, bytes)."""
+        gone, _ = self._leftovers(deep)
+        count = size = 0
+        for path in gone:
+            with contextlib.suppress(OSError):
+                size += path.lstat().st_size
+                self._remove_path(path)
+                count += 1
+        return count, size
 
     # -- index ----------------------------------------------------------------
 
@@ -232,27 +490,150 @@ class Store:
             with connection:
                 yield connection
         except sqlite3.Error as error:
-            raise OSError(f"store index {self.base / 'index.sqlite'}: {error}") from error
+            raise OSError(f"store index {self._index_path}: {error}") from error
+
+    def _query(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """``action`` in a transaction on the index; a damaged index is rebuilt from the
+        entries and ``action`` run again.  Other SQLite errors come out as OSError."""
+        import sqlite3
+
+        for attempt in (1, 2):
+            try:
+                connection = self._connection()
+                with connection:
+                    return action(connection)
+            except sqlite3.Error as error:
+                if attempt == 1 and _is_damage(error):
+                    self._rebuild(str(error))
+                    continue
+                raise OSError(f"store index {self._index_path}: {error}") from error
+        raise AssertionError("unreachable")
 
     def _connection(self) -> sqlite3.Connection:
         # One connection per process and thread: SQLite connections survive neither a
         # fork nor sharing between threads.
         owner = (os.getpid(), threading.get_ident(), self._generation)
         if getattr(self._local, "owner", None) != owner:
-            # check_same_thread=False only so that close() can close the connections of
-            # threads that have finished; each thread still uses its own.
-            import sqlite3
-
-            path = self.base / "index.sqlite"
-            connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+            try:
+                connection = self._connect()
+            except _DamagedIndex as damage:
+                self._rebuild(str(damage))
+                connection = self._connect()
             with self._connections_lock:
                 self._connections.append((os.getpid(), connection))
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(_SCHEMA)
             self._local.connection, self._local.owner = connection, owner
         connection_: sqlite3.Connection = self._local.connection
         return connection_
+
+    def _connect(self) -> sqlite3.Connection:
+        """A checked connection to the index, filled from the entry files if it is new;
+        raises _DamagedIndex if the index file cannot be used as it is."""
+        # check_same_thread=False only so that close() can close the connections of
+        # threads that have finished; each thread still uses its own.
+        import sqlite3
+
+        path = self._index_path
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.lstat().st_mode
+            if not stat.S_ISREG(mode):
+                raise _DamagedIndex(f"{describe_mode(mode)} is in its place")
+        connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            check = connection.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise _DamagedIndex(f"integrity check: {check[0][0]}")
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+            if version != INDEX_VERSION:
+                self._fill(connection, version)
+        except sqlite3.Error as error:
+            connection.close()
+            if _is_damage(error):
+                raise _DamagedIndex(str(error)) from None
+            raise
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _fill(self, connection: sqlite3.Connection, version: int) -> None:
+        """Make a new index (or one from before user_version was set) list every entry."""
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if version != 0 or not tables <= {"entries"}:
+            raise _DamagedIndex(f"a foreign schema (tables {sorted(tables)}, version {version})")
+        if tables:
+            columns = tuple(row[1] for row in connection.execute("PRAGMA table_info(entries)"))
+            if columns != _COLUMNS:
+                raise _DamagedIndex(f"a foreign schema (columns {list(columns)})")
+        with connection:
+            connection.executescript(_SCHEMA)
+            connection.executemany(
+                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                self._scan_entries(),
+            )
+            connection.execute(f"PRAGMA user_version = {INDEX_VERSION}")
+
+    def _scan_entries(self) -> Iterator[tuple[Any, ...]]:
+        """Index rows for the entry files, read from their metadata (nothing is unpickled)."""
+        from pytest_memo.core.serialize import pickle_stream
+
+        for directory in _scandir(self.base / "entries"):
+            for item in _scandir(Path(directory.path)):
+                if not item.name.endswith(".memo") or item.name.startswith("."):
+                    continue
+                try:
+                    handle = open_regular(Path(item.path))
+                    with open(handle, "rb", buffering=0) as file:
+                        size = os.fstat(file.fileno()).st_size
+                        info = _leading_dict(pickle_stream(file, item.path))
+                    entry = EntryInfo(**info)
+                except (OSError, ValueError, TypeError, KeyError):
+                    continue  # damaged: found and reported when it is next used
+                key = item.name[: -len(".memo")]
+                yield (
+                    key,
+                    entry.slot,
+                    entry.fixture,
+                    entry.source,
+                    entry.created,
+                    time.time(),
+                    size,
+                    entry.seconds,
+                )
+
+    def _rebuild(self, reason: str) -> None:
+        """Replace a damaged index by one built from the entry files, under a lock (several
+        processes may find the damage at once: one rebuilds, the others then use it)."""
+        import filelock
+
+        self.close()
+        path = self._index_path
+        lock_path = self.base / "index.lock"
+        self._safe_lock_file(lock_path)
+        with filelock.FileLock(lock_path):
+            try:
+                self._connect().close()
+                return  # another process rebuilt it meanwhile
+            except _DamagedIndex:
+                pass
+            for suffix in ("-wal", "-shm", "-journal"):
+                self._remove_path(path.with_name(path.name + suffix))
+            if path.is_dir() and not path.is_symlink():
+                aside = path.with_name(f"{path.name}.moved-aside-{time.time_ns()}")
+                os.replace(path, aside)
+                moved = f"; the directory in its place was moved aside to {aside.name}"
+            else:
+                self._remove_path(path)
+                moved = ""
+            self._connect().close()
+        self._report(
+            f"the store index {path} was damaged ({reason}): rebuilt it from the entry files "
+            f"in {self.base / 'entries'}, which are all kept{moved}"
+        )
 
     def close(self) -> None:
         """Close the index connections this process opened; a later use opens new ones.
@@ -274,17 +655,19 @@ class Store:
 
     def _index_insert(self, key: str, info: EntryInfo, size: int) -> None:
         now = time.time()
-        with self._index() as index:
-            index.execute(
+        self._query(
+            lambda index: index.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 (key, info.slot, info.fixture, info.source, info.created, now, size, info.seconds),
             )
+        )
 
     def has_other_in_slot(self, slot: str, key: str) -> bool:
-        with self._index() as index:
-            row = index.execute(
+        row = self._query(
+            lambda index: index.execute(
                 "SELECT 1 FROM entries WHERE slot = ? AND key != ? LIMIT 1", (slot, key)
             ).fetchone()
+        )
         return row is not None
 
     def note_hit(self, entry: Entry) -> None:
@@ -295,10 +678,10 @@ class Store:
             self._index_insert(entry.key, entry.info, self.entry_path(entry.key).stat().st_size)
 
     def _has_row(self, key: str) -> bool:
-        with self._index() as index:
-            return (
-                index.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone() is not None
-            )
+        row = self._query(
+            lambda index: index.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
+        )
+        return row is not None
 
     def flush(self) -> None:
         with self._pending_lock:
@@ -306,36 +689,49 @@ class Store:
         if not hits:
             return
         now = time.time()
-        with self._index() as index:
-            index.executemany(
+        self._query(
+            lambda index: index.executemany(
                 "UPDATE entries SET hits = hits + ?, last_used = ? WHERE key = ?",
                 [(count, now, key) for key, count in hits.items()],
             )
+        )
 
     def listing(self) -> list[Listing]:
-        if not (self.base / "index.sqlite").exists():
+        if not self.base.is_dir():
             return []
-        with self._index() as index:
-            rows = index.execute(
+        rows = self._query(
+            lambda index: index.execute(
                 "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds "
                 "FROM entries ORDER BY fixture, last_used DESC"
             ).fetchall()
+        )
         return [Listing(*row) for row in rows]
 
     def total_size(self) -> int:
-        return sum(entry.size for entry in self.listing())
+        """The size of the entries, and of the temporary files being written."""
+        self.remove_leftovers()
+        _, live = self._leftovers()
+        return sum(entry.size for entry in self.listing()) + sum(_size(path) for path in live)
 
     # -- housekeeping ---------------------------------------------------------
 
     def clear(self, fixture: str | None = None) -> int:
         """Remove every entry, or only the entries of one fixture; returns how many."""
         if fixture is None:
-            count = len(self.listing())
-            for name in ("entries", "locks"):
-                shutil.rmtree(self.base / name, ignore_errors=True)
-            for suffix in ("", "-wal", "-shm"):
-                (self.base / f"index.sqlite{suffix}").unlink(missing_ok=True)
-            self._local = threading.local()
+            # Counted from the files, not the index, which may be damaged.
+            count = sum(
+                1
+                for directory in _scandir(self.base / "entries")
+                for item in _scandir(Path(directory.path))
+                if item.name.endswith(".memo") and not item.name.startswith(".")
+            )
+            self.close()
+            for name in ("entries", "locks", TEMPORARY):
+                with contextlib.suppress(FileNotFoundError):
+                    self._remove_path(self.base / name)
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    self._remove_path(self.base / f"index.sqlite{suffix}")
             return count
         doomed = [entry.key for entry in self.listing() if entry.fixture == fixture]
         for key in doomed:
@@ -343,32 +739,190 @@ class Store:
         return len(doomed)
 
     def prune(self, used_keys: set[str], used_slots: set[str], everything: bool) -> int:
-        """Remove entries this run did not use; returns how many.
+        """Remove entries this run did not use, and the temporary files of killed writers;
+        returns how many files were removed.
 
         Always those superseded in a slot this run filled with another key (an edit made
         them unreachable); with ``everything`` (a complete run) all unused ones.
         """
+        leftovers, _ = self.remove_leftovers(deep=True)
         doomed = [
             entry.key
             for entry in self.listing()
             if entry.key not in used_keys and (everything or entry.slot in used_slots)
         ]
-        for key in doomed:
-            self.remove(key)
-        return len(doomed)
+        self._remove_many(doomed)
+        return len(doomed) + leftovers
+
+    def _remove_many(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self.entry_path(key)
+            with contextlib.suppress(NotADirectoryError):
+                self._remove_path(path)
+                self._remove_path(path.with_suffix(".sig"))
+        self._query(
+            lambda index: index.executemany(
+                "DELETE FROM entries WHERE key = ?", [(key,) for key in keys]
+            )
+        )
 
     def evict(self, max_size: int) -> list[str]:
-        """Remove least recently used entries until the store holds at most ``max_size`` bytes."""
+        """Remove least recently used entries until the store holds at most ``max_size`` bytes
+        (temporary files of killed writers first; those being written count)."""
+        self.remove_leftovers(deep=True)
+        _, live = self._leftovers()
         entries = sorted(self.listing(), key=lambda entry: entry.last_used)
-        total = sum(entry.size for entry in entries)
+        total = sum(entry.size for entry in entries) + sum(_size(path) for path in live)
         evicted = []
         for entry in entries:
             if total <= max_size:
                 break
-            self.remove(entry.key)
             total -= entry.size
             evicted.append(entry.key)
+        self._remove_many(evicted)
         return evicted
+
+
+class _VerifiedFile:
+    """An entry file whose parsed parts are served from verified bytes held in memory; the
+    rest (array sections, which are memory-mapped through ``fileno``) from the file."""
+
+    def __init__(self, file: BinaryIO, head: tuple[int, int, bytes, bytes]) -> None:
+        self.file = file
+        self.name = file.name
+        self.first, self.meta, self.before, self.after = head
+        self.size = self.meta + len(self.after)
+        self.position = 0
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, size: int = -1) -> bytes:
+        start = self.position
+        end = self.size if size < 0 else min(self.size, start + size)
+        if end <= start:
+            return b""
+        if end <= self.first:
+            data = self.before[start:end]
+        elif start >= self.meta:
+            data = self.after[start - self.meta : end - self.meta]
+        elif start >= self.first and end <= self.meta:
+            data = os.pread(self.file.fileno(), end - start, start)  # array data, padding
+        else:
+            raise CorruptFileError(f"{self.name}: a read across verified parts")
+        self.position += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _read_from(file: IO[bytes], offset: int) -> bytes:
+    """The rest of ``file`` from ``offset``, in one piece."""
+    file.seek(offset)
+    chunks = []
+    while block := file.read(1 << 24):
+        chunks.append(block)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+def _scandir(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_damage(error: Exception) -> bool:
+    """Whether an SQLite error says the index file is damaged (not busy, read-only, ...)."""
+    import sqlite3
+
+    text = str(error).lower()
+    if not isinstance(error, sqlite3.OperationalError) and isinstance(error, sqlite3.DatabaseError):
+        return True
+    return any(
+        phrase in text
+        for phrase in (
+            "malformed",
+            "not a database",
+            "no such table",
+            "no such column",
+            "values were supplied",
+            "has no column",
+        )
+    )
+
+
+def _index_of(argument: object) -> int:
+    if not isinstance(argument, int):
+        raise ValueError(f"not a memo index: {argument!r}")
+    return argument
+
+
+_INFO_FIELDS = frozenset(field.name for field in fields(EntryInfo))
+
+
+def _leading_dict(stream: bytes) -> dict[str, Any]:
+    """The entry's info, the first item of its pickled ``(info, value)`` tuple, read from
+    the pickle opcodes without unpickling anything (which could run code): the info is a
+    dict of strings and numbers."""
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    constants = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+    for opcode, argument, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name in ("PROTO", "FRAME"):
+            continue
+        if name == "EMPTY_DICT":
+            stack.append({})
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+        elif name in ("BINPUT", "LONG_BINPUT"):
+            memo[_index_of(argument)] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET"):
+            stack.append(memo[_index_of(argument)])
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in constants:
+            stack.append(constants[name])
+        elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINFLOAT") or name in (
+            "BININT",
+            "BININT1",
+            "BININT2",
+        ):
+            stack.append(argument)
+        elif name == "SETITEMS":
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            stack[-1].update(zip(items[::2], items[1::2], strict=True))
+        elif name == "SETITEM":
+            value = stack.pop()
+            stack[-1][stack.pop()] = value
+        else:
+            break
+        if not marks and len(stack) == 1 and set(stack[0]) == _INFO_FIELDS:
+            return dict(stack[0])
+    raise ValueError("no entry information at the start of the pickle stream")
 
 
 def mark_cache_directory(directory: Path) -> None:

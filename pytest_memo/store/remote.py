@@ -256,20 +256,6 @@ class RemoteStore(Store):
                 fs.rm(temporary)
             raise
 
-    def created_before(self, key: str, moment: float) -> bool:
-        if self.entry_path(key).exists() or not self.remote_usable:
-            return super().created_before(key, moment)
-        try:
-            modified = self.fs.modified(self.remote_path(key)).timestamp()
-        except FileNotFoundError:
-            return False
-        except NotImplementedError:
-            return True  # cannot tell: --memo-refresh recomputes it
-        except Exception as error:
-            self._give_up(error)
-            return False
-        return bool(modified < moment)
-
     def clear(self, fixture: str | None = None) -> int:
         """Remove every entry (or a fixture's), here and in the remote.
 
