@@ -157,7 +157,7 @@ class _ContentHasher:
         self._path: dict[int, int] = {}
         self.code_of: Callable[[Any], str | None] | None = None
         self.ordered = False  # cache keys: dict order counts, path strings are relative
-        self._root_texts = tuple(str(root) for root in self._roots)
+        self._root_texts = tuple(map(str, self._roots)) if self._roots else ()
 
     def hexdigest(self) -> str:
         self._flush()
