@@ -22,7 +22,8 @@ from pytest_memo.core.hashing import hash
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized
 from pytest_memo.memoize.keys import CodeFingerprints, combine
 from pytest_memo.memoize.stats import RunStats
-from pytest_memo.store.local import Store, secret_from_environment
+from pytest_memo.store import signing
+from pytest_memo.store.local import Store
 from pytest_memo.store.location import local_directory
 
 __all__ = ["cache", "use_store"]
@@ -48,7 +49,7 @@ def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
 def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
     if _Active.engine is None or _Active.fingerprints is None:
         directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
-        store = Store(directory, secret=secret_from_environment())
+        store = Store(directory, signing=signing.from_environment())
         atexit.register(_save_hits, store)
         use_store(Memoized(store, RunStats()), Path.cwd())
     assert _Active.engine is not None and _Active.fingerprints is not None

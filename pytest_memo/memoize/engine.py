@@ -23,7 +23,7 @@ from typing import Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.memoize.stats import RunStats
-from pytest_memo.store.local import Entry, EntryInfo, Store
+from pytest_memo.store.local import Entry, EntryInfo, Store, UntrustedEntryError
 
 __all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "warn"]
 
@@ -137,6 +137,12 @@ class Memoized:
         try:
             with rooted(self.root):
                 entry = store.read(lookup.key, mmap=lookup.mmap)
+        except UntrustedEntryError as error:
+            # Signed by no one trusted (or not at all): never loaded; this job's own
+            # value replaces it if it may sign.
+            warn(f"refused the stored entry of {lookup.what} and recomputed it: {error}")
+            store.remove(lookup.key)
+            return None
         except CorruptFileError as error:
             warn(f"removed a damaged entry of {lookup.what} and recomputed it: {error}")
             store.remove(lookup.key)

@@ -17,7 +17,8 @@ from pytest_memo.memoize import cache as memory
 from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
-from pytest_memo.store.local import Store, StoreRepairWarning, secret_from_environment
+from pytest_memo.store import signing
+from pytest_memo.store.local import Store, StoreRepairWarning
 from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
 
 MEMO = pytest.StashKey[FixtureMemo]()
@@ -58,6 +59,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "complete run; see the docs)",
     )
     group.addoption(
+        "--memo-prune-grace",
+        default=None,
+        metavar="DURATION",
+        help="with --memo-prune and a remote store: remove its entries that no run used "
+        "for DURATION (default: 7d; e.g. 12h, 0)",
+    )
+    group.addoption(
         "--memo-dir",
         default=None,
         help="the store directory (default: .pytest_memo), or a URL of a shared remote store: "
@@ -77,6 +85,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "JSON object of fsspec storage options for a memo_dir URL (s3://..., gs://...)",
         default="",
     )
+    parser.addini(
+        "memo_prune_grace",
+        "--memo-prune on a remote store removes entries no run used for this long (7d)",
+        default="",
+    )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
     parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
 
@@ -87,7 +100,7 @@ def _store(config: pytest.Config) -> Store:
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
         return remote_store(config, location)
-    return Store(local_directory(config.rootpath, location), secret=secret_from_environment())
+    return Store(local_directory(config.rootpath, location), signing=signing.from_environment())
 
 
 def _max_size(config: pytest.Config) -> int | None:
@@ -317,6 +330,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     line = memo.stats.summary_line(size, where)
     if memo.pruned is not None:
         line += f"; {memo.pruned} unused removed (--memo-prune)"
+        remote = getattr(store, "remote_pruned", None)
+        if remote is not None:
+            line += f", {remote} from the remote store"
     terminalreporter.write_line(line)
     if config.get_verbosity() > 0:
         for line in memo.stats.table():
