@@ -9,6 +9,7 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from pytest_memo.core.inspection import (
     setting_names,
     string_constants,
 )
-from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
-from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
+from pytest_memo.memoize import explain, reads
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
+from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.pytest_compat import PYTEST_PER_RUN_FIXTURES, active_fixturedef
@@ -55,8 +57,10 @@ class FixtureMemo:
             else Memoized(settings.store, self.stats, settings.rootdir)
         )
         self.pruned: int | None = None  # entries removed by --memo-prune
+        self.removed: list[str] = []  # what --memo-clear and --memo-max-size removed
         self.fingerprints = CodeFingerprints(settings.rootdir)
         self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
+        self._environment: dict[object, list[str]] = {}  # function -> variables it reads
 
     @property
     def store(self) -> Store | None:
@@ -113,16 +117,18 @@ class FixtureMemo:
             warn(
                 f"fixture {fixturedef.argname!r} calls request.getfixturevalue(): the values "
                 "it gets that way cannot enter its key, so it is computed, not memoized; "
-                "request those fixtures as arguments instead"
+                "request those fixtures as arguments instead",
+                code_location(function),
             )
             return (yield)
         try:
-            key, slot = self._key(fixturedef, request, options)
+            key, slot, parts = self._key(fixturedef, request, options)
         except _NotKeyable as problem:
             warn(
                 f"fixture {fixturedef.argname!r} {problem}, which cannot enter its key, so it "
                 "is computed, not memoized; read what it needs in a fixture that is not "
-                "memoized and pass plain values to this one (as arguments or parameters)"
+                "memoized and pass plain values to this one (as arguments or parameters)",
+                code_location(function),
             )
             return (yield)
         self._keys[fixturedef] = key
@@ -137,6 +143,9 @@ class FixtureMemo:
             compress=options.compress,
             run=self.settings.run,
             refresh=self.settings.refresh,
+            parts=parts,
+            max_age=options.max_age,
+            where=code_location(fixturedef.func),
         )
         with self.engine.claim(lookup) as claim:
             if claim.entry is not None:
@@ -147,7 +156,9 @@ class FixtureMemo:
 
     # -- keys -----------------------------------------------------------------
 
-    def _key(self, fixturedef: Any, request: Any, options: MemoOptions) -> tuple[str, str]:
+    def _key(
+        self, fixturedef: Any, request: Any, options: MemoOptions
+    ) -> tuple[str, str, Callable[[], explain.Parts]]:
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
         # The source file (relative to the rootdir) tells apart same-named conftest modules.
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
@@ -173,8 +184,11 @@ class FixtureMemo:
             files, unmatched = files_digest(self.settings.rootdir, options.depends)
             for pattern in unmatched:
                 warn(
-                    f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches no file"
+                    f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches "
+                    "no file",
+                    code_location(function),
                 )
+        environment = self._environment_read(function)
         key = combine(
             identity=identity,
             code=self.fingerprints.of(function),
@@ -183,8 +197,41 @@ class FixtureMemo:
             files=files,
             version=hash(options.version),
             command_line=options_read,
+            **({"environment": environment} if environment else {}),
         )
-        return key, combine(identity=identity, param=param)
+
+        def parts() -> explain.Parts:
+            found = explain.code_parts(self.fingerprints, function)
+            for name, dependency in dependencies.items():
+                found[f"dependency:{name}"] = [hash(dependency), dependency[0], None]
+            for pattern in options.depends:
+                for path in sorted(self.settings.rootdir.glob(pattern)):
+                    if path.is_file():
+                        relative = path.relative_to(self.settings.rootdir).as_posix()
+                        found[f"file:{relative}"] = [reads.file_digest(path), None, None]
+            found["version"] = [hash(options.version), explain.readable(options.version), None]
+            for name, digest in (options_read or {}).items():
+                kind, _, text = name.partition(":")
+                getter = request.config.getoption if kind == "option" else request.config.getini
+                found[name] = [digest, explain.readable(getter(text)), None]
+            for name, digest in environment.items():
+                found[f"env:{name}"] = [digest, None, None]
+            found["python"] = [PYTHON, PYTHON, None]
+            if hasattr(request, "param"):
+                found["param"] = [param, explain.readable(request.param, 40), None]
+            return found
+
+        return key, combine(identity=identity, param=param), parts
+
+    def _environment_read(self, function: Any) -> dict[str, str]:
+        """The environment variables the fixture's code (and the project code it calls)
+        reads by name, with digests of their values in this run."""
+        variables = self._environment.get(function)
+        if variables is None:
+            variables = self._environment[function] = reads.environment_names(
+                function, self.fingerprints.module_in_project
+            )
+        return {name: hash(os.environ.get(name)) for name in variables}
 
     def _test_read(self, function: Any, request: Any) -> list[Any]:
         """Digests of what the code may read of the requesting test: its marks, its
@@ -259,6 +306,18 @@ class FixtureMemo:
     def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
         dependency = active_fixturedef(request, name)
         key = self._keys.get(dependency)
+        if key is not None and isinstance(self.engine, Memoized):
+            # Early cutoff: keyed on the upstream value's content, not on its key, so an
+            # upstream edit that gives the same value does not recompute this fixture.
+            try:
+                return (
+                    "memo",
+                    self.engine.content_digest(
+                        key, lambda: self.fingerprints.data_digest(request.getfixturevalue(name))
+                    ),
+                )
+            except UnhashableError:
+                return ("memo-key", key)
         if key is not None:
             return ("memo", key)
         try:
