@@ -117,7 +117,9 @@ def cache(
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
-            digest = hash(arguments, _Active.rootdir)
+            # As a fixture's parameters: by content and in order, and the project's
+            # functions and classes in them (a callback, an instance) by their code.
+            digest = fingerprints.data_digest(arguments)
             if environment_names is None:
                 environment_names = reads.environment_names(
                     function, fingerprints.module_in_project

@@ -25,6 +25,7 @@ from pytest_memo.core.inspection import (
     reads_requesting_test,
     request_escapes,
     setting_names,
+    string_constants,
 )
 from pytest_memo.memoize import explain, reads
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
@@ -93,6 +94,10 @@ class FixtureMemo:
     def setup(
         self, fixturedef: Any, request: Any, options: MemoOptions
     ) -> Generator[None, Any, Any]:
+        # Until this setup stores a key, dependents key this fixture by its value: a key
+        # left from an earlier setup (another test, another parameter) would name a value
+        # that this one, computed unmemoized, is not.
+        self._keys.pop(fixturedef, None)
         message = refusal(fixturedef, options)  # for fixtures requested by getfixturevalue
         if message is None:
             try:
@@ -162,11 +167,16 @@ class FixtureMemo:
             # request.node, request.module, ...: the value may depend on the requesting
             # test, and on what the code reads of it (marks, parameters, attributes).
             param = hash((param, request.node.nodeid, self._test_read(function, request)))
-        options_read = _options_read(function, request.config)
+        instance = _bound_instance(fixturedef, request)
+        if instance is not None:
+            # A fixture method's self is the test's instance: what setup_method or another
+            # fixture set on it (self.n) is data the value depends on.
+            param = hash((param, self._instance_read(instance)))
+        options_read = _options_read(function, request.config, fixturedef.argnames)
         dependencies = {
             name: self._dependency(fixturedef, request, name)
             for name in fixturedef.argnames
-            if name != "request" and name not in options.ignore
+            if name not in ("request", CONFIG_FIXTURE) and name not in options.ignore
         }
         files = None
         if options.depends:
@@ -269,6 +279,19 @@ class FixtureMemo:
                     raise _NotKeyable(f"reads request.{where}.{name} ({error})") from None
         return read
 
+    def _instance_read(self, instance: object) -> list[Any]:
+        """Digests of the attributes of the test's instance, which a fixture method reads
+        through ``self``, directly or through the methods it calls."""
+        read = []
+        for name, value in sorted(getattr(instance, "__dict__", {}).items()):
+            try:
+                read.append((name, self.fingerprints.data_digest(value)))
+            except UnhashableError as error:
+                raise _NotKeyable(
+                    f"runs with the test's instance as self, and self.{name} ({error})"
+                ) from None
+        return read
+
     def _param(self, fixturedef: Any, request: Any) -> str | None:
         if not hasattr(request, "param"):
             return None
@@ -313,6 +336,8 @@ class FixtureMemo:
             return str(getattr(function, "__module__", "?"))
 
 
+# pytest's config as a fixture: what the code reads of it enters the key, as of request.config.
+CONFIG_FIXTURE = "pytestconfig"
 # Methods of a test's node whose answers depend only on its marks and parameters.
 NODE_QUERIES = frozenset({"get_closest_marker", "iter_markers", "iter_markers_with_node"})
 REQUEST_ATTRIBUTES = REQUESTING_TEST_ATTRIBUTES | FIXTURE_ATTRIBUTES
@@ -325,6 +350,21 @@ class _NotKeyable(Exception):
 
 class _Refused(Exception):
     """The fixture cannot be memoized: the message says why and what to do."""
+
+
+def _bound_instance(fixturedef: Any, request: Any) -> object | None:
+    """The test's instance when the fixture is a method of its class: pytest binds the
+    method to ``request.instance`` (see ``resolve_fixture_function``)."""
+    bound_to = getattr(fixturedef.func, "__self__", None)
+    if bound_to is None or isinstance(bound_to, type):
+        return None
+    try:
+        instance: object = request.instance
+    except Exception:
+        return None
+    if instance is None or not isinstance(instance, type(bound_to)):
+        return None
+    return instance
 
 
 def _returning(value: Any) -> Callable[..., Any]:
@@ -351,10 +391,15 @@ def _serve(fixturedef: Any, function: Callable[..., Any]) -> Generator[None, Any
         fixturedef.func = original
 
 
-def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None:
+def _options_read(
+    function: Any, config: pytest.Config, argnames: Any = ()
+) -> dict[str, str] | None:
     """Command-line options and ini values the code names (``request.config.getoption
-    ("size")``), with the values they have in this run: they enter the key."""
+    ("size")``, ``pytestconfig.getini("mode")``), with the values they have in this run:
+    they enter the key."""
     candidates = setting_names(function.__code__)
+    if candidates is None and CONFIG_FIXTURE in argnames:
+        candidates = sorted(string_constants(function.__code__))
     if candidates is None:
         return None
     if "option" in names(function.__code__):  # request.config.option.size
@@ -408,6 +453,8 @@ def refusal(fixturedef: Any, options: MemoOptions) -> str | None:
             "@pytest.mark.memo; keep this fixture unmemoized, taking the data as an argument."
         )
     for argument in fixturedef.argnames:
+        if argument == CONFIG_FIXTURE:
+            continue  # the run's config: the options and ini values it reads enter the key
         if argument in PYTEST_PER_RUN_FIXTURES and argument not in options.ignore:
             return (
                 f"pytest-memo: fixture {name!r} depends on {argument!r}, which is different "
