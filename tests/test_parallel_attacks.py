@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 from parallel_suite import FLAGS
 
@@ -65,3 +71,57 @@ def test_failing_once_per_run_teardown_is_an_error_of_the_last_test(
         ["*ERROR at teardown of test_last*", "*RuntimeError: teardown failed"]
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+SHARED_SERVER_AND_SLOW_TESTS = """
+import os, time, pytest, pytest_memo
+
+@pytest.fixture(scope="session")
+@pytest_memo.once_per_run
+def server():
+    open("started.txt", "w").close()
+    time.sleep(float(os.environ["SETUP_SECONDS"]))
+    yield 1
+    open("torn_down.txt", "w").close()
+
+@pytest.mark.parametrize("i", range(4))
+def test_slow(server, i):
+    open("running.txt", "w").close()
+    time.sleep(2)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "setup_seconds", "signal_when"),
+    [
+        pytest.param("--par-mode=thread", "0", "running.txt", id="thread-mode-running"),
+        pytest.param("--par-mode=process", "30", "started.txt", id="once-per-run-setup"),
+    ],
+)
+def test_sigterm_in_thread_mode_or_once_per_run_setup_ends_the_run_as_ctrl_c(
+    pytester: pytest.Pytester, mode: str, setup_seconds: str, signal_when: str
+) -> None:
+    # It killed the run at once (exit status -15): no summary, and in thread mode the
+    # shared server was never stopped.
+    pytester.makepyfile(SHARED_SERVER_AND_SLOW_TESTS)
+    command = [sys.executable, "-m", "pytest", *FLAGS, "--par=2", mode]
+    environment = {**os.environ, "SETUP_SECONDS": setup_seconds}
+    with subprocess.Popen(
+        command,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+    ) as process:
+        try:
+            deadline = time.monotonic() + 60
+            while not (pytester.path / signal_when).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            output = process.communicate(timeout=60)[0].decode()
+        finally:
+            process.kill()
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert "KeyboardInterrupt" in output
+    if setup_seconds == "0":
+        assert (pytester.path / "torn_down.txt").exists(), output
