@@ -59,6 +59,7 @@ __all__ = [
     "set_writer_stream",
     "setup_state",
     "terminal_writer",
+    "tmp_path_factory",
     "wrap_session",
     "writer_stream",
     "xml_key",
@@ -261,3 +262,8 @@ def log_capture_handler() -> logging.Handler:
 
 # The name pytest registers its logging plugin under.
 LOGGING_PLUGIN_NAME = "logging-plugin"
+
+
+def tmp_path_factory(config: pytest.Config) -> pytest.TempPathFactory | None:
+    """The run's TempPathFactory (pytest's tmp_path plugin), or None when it is disabled."""
+    return getattr(config, "_tmp_path_factory", None)

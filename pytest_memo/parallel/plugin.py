@@ -16,7 +16,7 @@ import pytest
 from pytest_memo.core.cpus import usable_cpus
 from pytest_memo.parallel import schedule, spawn
 from pytest_memo.parallel.scheduler import Scheduler
-from pytest_memo.pytest_compat import higher_scoped_params
+from pytest_memo.pytest_compat import higher_scoped_params, tmp_path_factory
 from pytest_memo.timing.plugin import recorded_durations
 
 THREAD_LIMIT_VARIABLES = (
@@ -326,7 +326,7 @@ def _make_basetemp_once(session: pytest.Session) -> None:
     --basetemp each worker would empty the directory that the others' tests were using.
     Spawned workers each get a directory of their own inside it, as --basetemp.
     """
-    factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's tmp_path plugin
+    factory = tmp_path_factory(session.config)
     if factory is None:
         return
     used = any(
