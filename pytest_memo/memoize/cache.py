@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from pytest_memo.core.hashing import hash
-from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
 from pytest_memo.memoize.keys import CodeFingerprints, combine
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Store, secret_from_environment
-from pytest_memo.store.location import local_directory
+from pytest_memo.store.location import local_directory, refusal
 
 __all__ = ["cache", "use_store"]
 
@@ -48,9 +48,14 @@ def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
 def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
     if _Active.engine is None or _Active.fingerprints is None:
         directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
-        store = Store(directory, secret=secret_from_environment())
-        atexit.register(_save_hits, store)
-        use_store(Memoized(store, RunStats()), Path.cwd())
+        problem = refusal(directory, Path.cwd(), "$PYTEST_MEMO_DIR")
+        if problem is not None:
+            warn(f"{problem}; until then, cached functions compute every call")
+            use_store(NotMemoized(RunStats()), Path.cwd())
+        else:
+            store = Store(directory, secret=secret_from_environment())
+            atexit.register(_save_hits, store)
+            use_store(Memoized(store, RunStats()), Path.cwd())
     assert _Active.engine is not None and _Active.fingerprints is not None
     return _Active.engine, _Active.fingerprints
 

@@ -18,7 +18,7 @@ from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
 from pytest_memo.store.local import Store, StoreRepairWarning, secret_from_environment
-from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
+from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory, refusal
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
@@ -87,7 +87,11 @@ def _store(config: pytest.Config) -> Store:
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
         return remote_store(config, location)
-    return Store(local_directory(config.rootpath, location), secret=secret_from_environment())
+    directory = local_directory(config.rootpath, location)
+    problem = refusal(directory, config.rootpath, f"--memo-dir / memo_dir {location!r}")
+    if problem is not None:
+        raise pytest.UsageError(problem)
+    return Store(directory, secret=secret_from_environment())
 
 
 def _max_size(config: pytest.Config) -> int | None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_DIRECTORY", "LAYOUT", "is_url", "local_directory"]
+__all__ = [
+    "DEFAULT_DIRECTORY",
+    "LAYOUT",
+    "contains_project",
+    "is_url",
+    "local_directory",
+    "refusal",
+]
 
 # The store directory, relative to the rootdir, unless --memo-dir / memo_dir say otherwise.
 DEFAULT_DIRECTORY = ".pytest_memo"
@@ -26,3 +33,26 @@ def local_directory(rootdir: Path, location: str | None) -> Path:
     if not location or is_url(location):
         location = DEFAULT_DIRECTORY
     return rootdir / Path(location).expanduser()
+
+
+def contains_project(directory: Path, rootdir: Path) -> bool:
+    """Whether ``directory`` is the rootdir or one of its parents: a store there would mark
+    the whole project as a cache (a ``.gitignore`` holding ``*``, a ``CACHEDIR.TAG``),
+    hiding it from git and backups, and ``--memo-clear`` works on what it holds."""
+    try:
+        rootdir.resolve().relative_to(directory.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def refusal(directory: Path, rootdir: Path, setting: str) -> str | None:
+    """Why ``directory`` cannot be the store (None: it can), with the fix."""
+    if not contains_project(directory, rootdir):
+        return None
+    return (
+        f"{setting} is {directory}, which contains the project ({rootdir}): the store "
+        "marks its directory as a cache that git and backups skip (a .gitignore holding "
+        f"'*'), which would hide the whole project. Give the store a directory of its "
+        f"own, such as {directory / DEFAULT_DIRECTORY}"
+    )
