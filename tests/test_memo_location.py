@@ -82,3 +82,44 @@ def test_cache_outside_pytest_refuses_a_store_around_the_current_directory(
     assert result.stdout.split() == ["computed", "computed", "4", "4"]
     assert "contains the project" in result.stderr and "Traceback" not in result.stderr
     assert not (suite.path / ".gitignore").exists()
+
+
+PLAIN = """
+import pytest
+
+@pytest.fixture
+def plain():
+    return 1
+
+@pytest.mark.parametrize("i", range(4))
+def test_plain(plain, i):
+    assert plain == 1
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("-p", "no:cacheprovider"), ("--par=2",), ("-p", "no:cacheprovider", "--par=2")],
+    ids=["serial", "no-cacheprovider", "par", "par-no-cacheprovider"],
+)
+def test_nothing_memoized_makes_no_store(suite: MemoSuite, args: tuple[str, ...]) -> None:
+    suite.write("test_plain.py", PLAIN)
+    result = suite.pytester.runpytest_subprocess(*args, "-p", "no:hypothesispytest")
+    result.assert_outcomes(passed=4)
+    assert not (suite.path / ".pytest_memo").exists()
+    if "no:cacheprovider" in args:
+        assert not (suite.path / ".pytest_cache").exists()
+    else:  # durations are kept in pytest's own cache
+        assert (suite.path / ".pytest_cache/d/pytest_memo/durations.json").exists()
+
+
+def test_the_store_is_made_when_something_is_memoized(suite: MemoSuite) -> None:
+    suite.write("test_plain.py", PLAIN)
+    suite.run_subprocess("--memo-clear", "--memo-prune", "--memo-max-size=1MB")
+    assert not (suite.path / ".pytest_memo").exists()
+    suite.write("conftest.py", FIXTURE)
+    suite.write("test_it.py", TEST)
+    suite.run_subprocess().assert_outcomes(passed=5)
+    assert suite.entries() and suite.calls() == ["data"]
+    assert (suite.path / ".pytest_memo/.gitignore").exists()
+    assert not list((suite.path / ".pytest_memo").rglob("durations*"))

@@ -15,6 +15,7 @@ from xml.etree import ElementTree
 import pytest
 
 FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
+WITH_CACHE = FLAGS[2:]  # durations are kept in pytest's cache
 
 MIXED = """
 import os, threading, time, warnings, pytest
@@ -904,10 +905,10 @@ def test_memoized_fixture_is_computed_once_across_workers(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(["memo: 1 hit *, 1 miss *"])
 
 
-def test_durations_are_recorded_in_the_store(pytester: pytest.Pytester) -> None:
+def test_durations_are_recorded_in_pytests_cache(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one="def test_one():\n    pass\n\ndef test_two():\n    pass\n")
-    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=2)
-    recorded = (pytester.path / ".pytest_memo/v1/durations.json").read_text()
+    pytester.runpytest_subprocess(*WITH_CACHE, "--par=2").assert_outcomes(passed=2)
+    recorded = (pytester.path / ".pytest_cache/d/pytest_memo/durations.json").read_text()
     assert "test_one.py::test_one" in recorded and "test_one.py::test_two" in recorded
 
 
@@ -942,9 +943,9 @@ def test_long():
     time.sleep(1.0)
 """,
     )
-    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=14)
+    pytester.runpytest_subprocess(*WITH_CACHE, "--par=2").assert_outcomes(passed=14)
     (pytester.path / "ran.txt").unlink()
-    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=14)
+    pytester.runpytest_subprocess(*WITH_CACHE, "--par=2").assert_outcomes(passed=14)
     rows = [line.split() for line in (pytester.path / "ran.txt").read_text().splitlines()]
     long_worker = next(pid for pid, name in rows if name == "long")
     ran_there = [name for pid, name in rows if pid == long_worker]

@@ -64,6 +64,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "s3://bucket/prefix, gs://..., az://..., file://...",
     )
     group.addoption(
+        "--memo-read-only",
+        action="store_true",
+        help="use the stored values but write nothing to the store: no entries, index, "
+        "locks or durations (ini: memo_read_only), e.g. in pull-request jobs",
+    )
+    group.addoption(
         "--memo-max-size",
         default=None,
         metavar="SIZE",
@@ -76,6 +82,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "memo_storage_options",
         "JSON object of fsspec storage options for a memo_dir URL (s3://..., gs://...)",
         default="",
+    )
+    parser.addini(
+        "memo_read_only",
+        "use the store without writing to it (as --memo-read-only)",
+        type="bool",
+        default=False,
     )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
     parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
@@ -191,7 +203,14 @@ def _prepare(config: pytest.Config, store: Store) -> None:
 def _prepare_store(config: pytest.Config, store: Store) -> None:
     clear = config.getoption("memo_clear")
     try:
-        store.prepare()
+        if store.root.exists():
+            store.prepare()
+        else:
+            # Made only when something is memoized (the engine prepares it then): a project
+            # with the plugin installed and nothing memoized gets no directory.  Whether it
+            # can be made is checked now, for one warning before any worker starts.
+            store.check_creatable()
+            store.probe()
         if clear is not None:
             removed = store.clear(None if clear == CLEAR_ALL else clear)
             # ``--memo-clear tests/`` takes the path as a fixture name (the option's value
@@ -202,11 +221,7 @@ def _prepare_store(config: pytest.Config, store: Store) -> None:
                 and not removed
                 and (config.invocation_params.dir / clear).exists()
             ):
-                raise pytest.UsageError(
-                    f"--memo-clear took {clear!r} as the name of a fixture, but it is a path "
-                    "and no fixture of that name has stored values: put --memo-clear after "
-                    "the paths to clear every fixture, or write --memo-clear=FIXTURE"
-                )
+                _refuse_path_as_fixture(clear)
     except OSError as error:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"pytest-memo: cannot use the store in {store.root}: {error}"),
@@ -214,6 +229,14 @@ def _prepare_store(config: pytest.Config, store: Store) -> None:
         )
         # One warning per run: fixtures (and xdist workers) compute without trying again.
         config.stash[MEMO].store_unusable()
+
+
+def _refuse_path_as_fixture(clear: str) -> None:
+    raise pytest.UsageError(
+        f"--memo-clear took {clear!r} as the name of a fixture, but it is a path "
+        "and no fixture of that name has stored values: put --memo-clear after "
+        "the paths to clear every fixture, or write --memo-clear=FIXTURE"
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -20,6 +20,7 @@ that were killed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import io
@@ -175,6 +176,21 @@ class Store:
                 f"removed {count} temporary file{'s' * (count > 1)} ({size / 1e6:.1f} MB) "
                 f"left by a writer that was killed in {self.base / TEMPORARY}"
             )
+
+    def check_creatable(self) -> None:
+        """Raise OSError if :meth:`prepare` could not make the store's directory: the
+        nearest existing parent is not a directory, or this user cannot write to it."""
+        parent = self.root
+        while not parent.exists() and parent.parent != parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(parent))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "cannot write to it", str(parent))
+
+    def probe(self) -> None:
+        """Check what can be checked without creating the store (a remote store: that its
+        remote answers); a local store has nothing to check."""
 
     def _directory(self, directory: Path) -> None:
         """Make ``directory``; something else in its place is moved aside (with a warning)."""
@@ -755,6 +771,8 @@ class Store:
         return len(doomed) + leftovers
 
     def _remove_many(self, keys: list[str]) -> None:
+        if not keys:
+            return  # no index to open (a store that does not exist yet stays so)
         for key in keys:
             path = self.entry_path(key)
             with contextlib.suppress(NotADirectoryError):

@@ -159,6 +159,10 @@ class RemoteStore(Store):
         parent = self.root.parent.parent  # .pytest_memo: git and backups skip it too
         if parent.name == DEFAULT_DIRECTORY:
             mark_cache_directory(parent)
+        self.probe()
+
+    def probe(self) -> None:
+        """Once per process, check that the remote answers (see :meth:`prepare`)."""
         if self._probed_pid == os.getpid() or not self.remote_usable:
             return
         self._probed_pid = os.getpid()
