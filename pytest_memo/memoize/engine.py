@@ -19,11 +19,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Entry, EntryInfo, Store
+
+if TYPE_CHECKING:
+    import filelock
 
 __all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "warn"]
 
@@ -99,12 +102,9 @@ class Memoized:
             return
         entry = self._read(store, lookup)
         if entry is None:
-            lock = store.lock(lookup.key)
-            try:
-                lock.acquire()
-            except OSError as error:  # the lock file cannot be created: read-only store
-                self._fail(error)
-                yield Claim(None, None)
+            lock = self._lock(store, lookup.key)
+            if lock is None:  # a read-only store: computed, counted, not stored
+                yield Claim(None, lambda value, seconds: self._keep(store, lookup, value, seconds))
                 return
             try:
                 entry = self._read(store, lookup)  # computed by another process meanwhile?
@@ -118,6 +118,18 @@ class Memoized:
         self._hit(store, lookup, entry)
         yield Claim(entry, None)
 
+    def _lock(self, store: Store, key: str) -> filelock.BaseFileLock | None:
+        """The key's lock, held; None in a read-only store, which takes no lock files."""
+        if store.read_only:
+            return None
+        try:
+            lock = store.lock(key)
+            lock.acquire()
+        except OSError as error:  # the lock file cannot be created: the store is read-only
+            self._fail(store, error)
+            return None
+        return lock
+
     def _usable_store(self) -> Store | None:
         # Prepared once per process before the first lookup, so that a store that cannot
         # be created gives one warning, not one per failing read, lock and write.
@@ -127,7 +139,7 @@ class Memoized:
             try:
                 store.prepare()
             except OSError as error:
-                self._fail(error)
+                self._give_up(error)
                 return None
         return store
 
@@ -138,18 +150,17 @@ class Memoized:
             with rooted(self.root):
                 entry = store.read(lookup.key, mmap=lookup.mmap)
         except CorruptFileError as error:
-            warn(f"removed a damaged entry of {lookup.what} and recomputed it: {error}")
-            store.remove(lookup.key)
+            self._discard(store, lookup, f"a damaged entry of {lookup.what}", f": {error}")
             return None
         except OSError as error:
             warn(f"cannot read the store entry of {lookup.what}: {error}")
             return None
         except Exception as error:  # unpickling runs user code (a class that changed shape)
-            warn(
-                f"removed an entry of {lookup.what} that no longer loads "
-                f"({type(error).__name__}: {error}) and recomputed it"
+            self._discard(
+                store,
+                lookup,
+                f"an entry of {lookup.what} that no longer loads ({type(error).__name__}: {error})",
             )
-            store.remove(lookup.key)
             return None
         if entry is not None and entry.info.fixture != lookup.name:
             return None  # not ours: never serve another fixture's value
@@ -159,6 +170,18 @@ class Memoized:
             return None
         return entry
 
+    def _discard(self, store: Store, lookup: Lookup, what: str, detail: str = "") -> None:
+        """Remove an entry that cannot be served; in a read-only store it stays."""
+        if not store.read_only:
+            try:
+                store.remove(lookup.key)
+            except OSError as error:
+                self._fail(store, error)
+            else:
+                warn(f"removed {what} and recomputed it{detail}")
+                return
+        warn(f"recomputed {what}, which stays in the read-only store{detail}")
+
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
         stats = self.stats.of(lookup.name)
         stats.hits += 1
@@ -166,12 +189,14 @@ class Memoized:
         try:
             store.note_hit(entry)
         except OSError as error:
-            self._fail(error)
+            self._fail(store, error)
 
     def _keep(self, store: Store, lookup: Lookup, value: Any, seconds: float) -> None:
         stats = self.stats.of(lookup.name)
         stats.misses += 1
         stats.seconds_computed += seconds
+        if store.read_only:
+            return
         info = EntryInfo(
             fixture=lookup.name,
             source=lookup.source,
@@ -187,7 +212,7 @@ class Memoized:
             with rooted(self.root):
                 store.write(lookup.key, info, value, compress=lookup.compress)
         except OSError as error:
-            self._fail(error)
+            self._fail(store, error)
             return
         except Exception as error:  # pickling runs user code: any error is possible
             warn(
@@ -198,7 +223,11 @@ class Memoized:
         if invalidated:
             stats.invalidated += 1
 
-    def _fail(self, error: OSError) -> None:
+    def _fail(self, store: Store, error: OSError) -> None:
+        """Writing failed: the store is used read-only from now on (one warning)."""
+        store.became_read_only(error)
+
+    def _give_up(self, error: OSError) -> None:
         if not self._broken:
             warn(
                 f"cannot write to the store in {self._store.root} ({error}); fixtures are "

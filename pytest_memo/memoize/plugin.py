@@ -26,6 +26,7 @@ CLEAR_ALL = "*all*"
 # in what they send back (workeroutput, and --par workers' too).
 WORKER_RUN = "pytest_memo_run"
 WORKER_STORE_UNUSABLE = "pytest_memo_unusable"
+WORKER_STORE_READ_ONLY = "pytest_memo_read_only"
 WORKER_OUTPUT = "pytest_memo"
 # How --par workers started as new interpreters learn the run's identity (forked ones
 # inherit it): set in the main process's environment while it runs.
@@ -98,12 +99,32 @@ def _store(config: pytest.Config) -> Store:
     if is_url(location):  # s3://bucket/prefix, file://..., any fsspec URL
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
-        return remote_store(config, location)
-    directory = local_directory(config.rootpath, location)
-    problem = refusal(directory, config.rootpath, f"--memo-dir / memo_dir {location!r}")
-    if problem is not None:
-        raise pytest.UsageError(problem)
-    return Store(directory, secret=secret_from_environment())
+        store: Store = remote_store(config, location)
+    else:
+        directory = local_directory(config.rootpath, location)
+        problem = refusal(directory, config.rootpath, f"--memo-dir / memo_dir {location!r}")
+        if problem is not None:
+            raise pytest.UsageError(problem)
+        store = Store(directory, secret=secret_from_environment())
+    store.read_only = _read_only(config)
+    return store
+
+
+def _read_only(config: pytest.Config) -> bool:
+    """--memo-read-only / memo_read_only: options that write the store are usage errors."""
+    if not (config.getoption("memo_read_only") or config.getini("memo_read_only")):
+        return False
+    for option, name in (
+        ("memo_clear", "--memo-clear"),
+        ("memo_prune", "--memo-prune"),
+        ("memo_max_size", "--memo-max-size"),
+    ):
+        if config.getoption(option) not in (None, False):
+            raise pytest.UsageError(
+                f"{name} writes to the store, and --memo-read-only / memo_read_only says "
+                f"this run must not: drop one of them"
+            )
+    return True
 
 
 def _max_size(config: pytest.Config) -> int | None:
@@ -171,6 +192,8 @@ def pytest_configure(config: pytest.Config) -> None:
     memory.use_store(config.stash[MEMO].engine, config.rootpath)
     if getattr(config, "workerinput", {}).get(WORKER_STORE_UNUSABLE):
         config.stash[MEMO].store_unusable()  # the main process has warned about it
+    if store is not None and getattr(config, "workerinput", {}).get(WORKER_STORE_READ_ONLY):
+        store.read_only = True  # the main process found it read-only and said so
     if store is not None and not _is_worker(config):
         _prepare(config, store)
 
@@ -288,6 +311,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if _is_worker(config):
             config.workeroutput[WORKER_OUTPUT] = memo.stats.as_dict()  # type: ignore[attr-defined]
             return
+        if memo.store.read_only:
+            _skip_housekeeping(config)
+            return
         if config.getoption("memo_prune"):
             everything = _ran_everything(session)
             memo.pruned = memo.store.prune(
@@ -298,6 +324,27 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     except OSError as error:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"pytest-memo: cannot update the store index: {error}"),
+            stacklevel=2,
+        )
+
+
+def _skip_housekeeping(config: pytest.Config) -> None:
+    """A store found read-only (not asked for: --memo-read-only refuses these options)."""
+    if config.getini("memo_read_only") or config.getoption("memo_read_only"):
+        return  # on purpose: memo_max_size in the ini is meant for the runs that write
+    asked = [
+        name
+        for name, wanted in (
+            ("--memo-prune", config.getoption("memo_prune")),
+            ("--memo-max-size", _max_size(config) is not None),
+        )
+        if wanted
+    ]
+    if asked:
+        config.issue_config_time_warning(
+            pytest.PytestWarning(
+                f"pytest-memo: the store is read-only: {' and '.join(asked)} did nothing"
+            ),
             stacklevel=2,
         )
 
@@ -342,6 +389,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         size = None
     where = _display_path(store.root, config.rootpath)
     line = memo.stats.summary_line(size, where)
+    if store.read_only:
+        line += " (read-only: nothing stored)"
     if memo.pruned is not None:
         line += f"; {memo.pruned} unused removed (--memo-prune)"
     terminalreporter.write_line(line)
@@ -376,6 +425,9 @@ def pytest_configure_node(node: Any) -> None:
     if memo is not None:
         node.workerinput[WORKER_RUN] = memo.settings.run
         node.workerinput[WORKER_STORE_UNUSABLE] = memo.store is None
+        node.workerinput[WORKER_STORE_READ_ONLY] = bool(
+            memo.settings.store is not None and memo.settings.store.read_only
+        )
         node.workerinput[REMOTE_OFF] = not getattr(memo.settings.store, "remote_usable", True)
 
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.core.files import (
     NotRegularFileError,
     describe_mode,
@@ -81,6 +81,10 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_slot ON entries (slot);
 CREATE INDEX IF NOT EXISTS entries_last_used ON entries (last_used);
 """
+
+
+# The errors of a store that cannot be written: permissions, a read-only filesystem.
+READ_ONLY_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class StoreRepairWarning(UserWarning):
@@ -130,8 +134,13 @@ class Listing:
 class Store:
     """A directory of memoized values.  Every method is safe to call from several processes."""
 
-    def __init__(self, root: Path, secret: bytes | None = None) -> None:
+    def __init__(self, root: Path, secret: bytes | None = None, read_only: bool = False) -> None:
         self.root = root
+        # Read-only: entries are read and nothing is written (no entries, index, locks or
+        # hit counts), on purpose (--memo-read-only) or because the store cannot be
+        # written (see became_read_only).
+        self.read_only = read_only
+        self._read_only_reported = False
         # With a secret, entries are signed (HMAC-SHA256 over the key and the file) and an
         # entry without a valid signature is never unpickled: loading a pickle runs code.
         self.secret = secret
@@ -164,7 +173,37 @@ class Store:
 
     def prepare(self) -> None:
         """Create the directory with its markers, repairing its layout and removing the
-        temporary files of killed writers; raises OSError if it cannot be written."""
+        temporary files of killed writers; raises OSError if it cannot be written.
+
+        A store that exists but cannot be written (a CI cache restored read-only, a
+        read-only mount, another user's store) is used read-only, with one warning."""
+        if self.read_only:
+            return
+        try:
+            self._prepare()
+            entries = self.base / "entries"
+            if not os.access(entries, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "cannot write to it", str(entries))
+        except OSError as error:
+            if error.errno not in READ_ONLY_ERRORS or not (self.base / "entries").is_dir():
+                raise
+            self.became_read_only(error)
+
+    def became_read_only(self, error: OSError) -> None:
+        """The store cannot be written: use it read-only from now on, and say so once."""
+        self.read_only = True
+        if not self._read_only_reported:
+            self._read_only_reported = True
+            warnings.warn(
+                MemoWarning(
+                    f"pytest-memo: cannot write to the store in {self.root} ({error}): it is "
+                    "used read-only for the rest of this run (stored values are loaded, "
+                    "the others computed and not stored)"
+                ),
+                stacklevel=3,
+            )
+
+    def _prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         for directory in (self.base, *(self.base / name for name in ("entries", "locks"))):
             self._directory(directory)
@@ -366,6 +405,7 @@ class Store:
         is killed, a later run sees that and removes it."""
         from pytest_memo.core.serialize import dump  # here: it imports numpy
 
+        self._writable()
         path = self.entry_path(key)
         self._entry_directory(path.parent)
         try:
@@ -421,7 +461,12 @@ class Store:
                 raise
             shutil.rmtree(path)  # macOS: EPERM for unlink() of a directory
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(errno.EROFS, "the store is used read-only", str(self.root))
+
     def remove(self, key: str) -> None:
+        self._writable()
         path = self.entry_path(key)
         with contextlib.suppress(NotADirectoryError):
             self._remove_path(path)
@@ -688,6 +733,8 @@ class Store:
 
     def note_hit(self, entry: Entry) -> None:
         """Count a hit; written to the index in one transaction by :meth:`flush`."""
+        if self.read_only:
+            return
         with self._pending_lock:
             self._pending_hits[entry.key] = self._pending_hits.get(entry.key, 0) + 1
         if not self._has_row(entry.key):
@@ -700,6 +747,8 @@ class Store:
         return row is not None
 
     def flush(self) -> None:
+        if self.read_only:
+            return
         with self._pending_lock:
             hits, self._pending_hits = self._pending_hits, {}
         if not hits:
@@ -713,15 +762,29 @@ class Store:
         )
 
     def listing(self) -> list[Listing]:
+        """The entries, from the index; from the entry files themselves when the index
+        cannot be used (a read-only store: no hit counts then)."""
         if not self.base.is_dir():
             return []
-        rows = self._query(
-            lambda index: index.execute(
-                "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds "
-                "FROM entries ORDER BY fixture, last_used DESC"
-            ).fetchall()
-        )
+        if self.read_only:
+            return self._scanned_listing()
+        try:
+            rows = self._query(
+                lambda index: index.execute(
+                    "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds "
+                    "FROM entries ORDER BY fixture, last_used DESC"
+                ).fetchall()
+            )
+        except OSError as error:
+            self._report(f"cannot open the store index ({error}): listed the entry files")
+            return self._scanned_listing()
         return [Listing(*row) for row in rows]
+
+    def _scanned_listing(self) -> list[Listing]:
+        rows = []
+        for key, slot, fixture, source, created, _, size, seconds in self._scan_entries():
+            rows.append(Listing(key, slot, fixture, source, created, created, 0, size, seconds))
+        return sorted(rows, key=lambda row: (row.fixture, -row.created))
 
     def total_size(self) -> int:
         """The size of the entries, and of the temporary files being written."""

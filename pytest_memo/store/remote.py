@@ -157,7 +157,7 @@ class RemoteStore(Store):
         so that a remote out of reach gives one warning before any test runs."""
         super().prepare()
         parent = self.root.parent.parent  # .pytest_memo: git and backups skip it too
-        if parent.name == DEFAULT_DIRECTORY:
+        if parent.name == DEFAULT_DIRECTORY and not self.read_only:
             mark_cache_directory(parent)
         self.probe()
 
