@@ -64,9 +64,12 @@ class Claim:
 class Memoized:
     """Values kept in ``store``, counted in ``stats``."""
 
-    def __init__(self, store: Store, stats: RunStats, root: Path | None = None) -> None:
+    def __init__(
+        self, store: Store, stats: RunStats, root: Path | None = None, project: str = ""
+    ) -> None:
         self._store = store
         self.root = root  # the rootdir: paths inside it are stored relative to it
+        self.project = project  # recorded in the entries it writes (see --memo-prune)
         self.stats = stats
         self._broken = False
         self._prepared = False
@@ -204,9 +207,10 @@ class Memoized:
             seconds=seconds,
             created=time.time(),
             run=lookup.run,
+            project=self.project,
         )
         try:
-            invalidated = store.has_other_in_slot(info.slot, lookup.key)
+            invalidated = store.has_other_in_slot(info.slot, lookup.key, self.project)
             from pytest_memo.core.serialize import rooted  # here: it imports numpy
 
             with rooted(self.root):

@@ -18,7 +18,13 @@ from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
 from pytest_memo.store.local import Store, StoreRepairWarning, secret_from_environment
-from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory, refusal
+from pytest_memo.store.location import (
+    DEFAULT_DIRECTORY,
+    is_url,
+    local_directory,
+    project_identity,
+    refusal,
+)
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
@@ -91,6 +97,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
     )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
+    parser.addini(
+        "memo_project",
+        "this project's name in a store that projects share: --memo-prune removes only the "
+        "entries it wrote (default: the name in pyproject.toml, else the rootdir's name)",
+        default="",
+    )
     parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
 
 
@@ -187,6 +199,7 @@ def pytest_configure(config: pytest.Config) -> None:
             run=run,
             refresh=bool(config.getoption("memo_refresh")),
             by_name=frozenset(config.getini("memo_fixtures")),
+            project=project_identity(config.rootpath, config.getini("memo_project")),
         )
     )
     memory.use_store(config.stash[MEMO].engine, config.rootpath)
@@ -317,7 +330,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if config.getoption("memo_prune"):
             everything = _ran_everything(session)
             memo.pruned = memo.store.prune(
-                memo.stats.used_keys, memo.stats.used_slots, everything=everything
+                memo.stats.used_keys,
+                memo.stats.used_slots,
+                everything=everything,
+                project=memo.settings.project,
             )
         if (limit := _max_size(config)) is not None:
             memo.store.evict(limit)

@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -59,8 +59,21 @@ T = TypeVar("T")
 TEMPORARY = "tmp"
 # PRAGMA user_version of an index that lists every entry file (one built from them or
 # kept up to date since): an index without it is filled from the entry files first.
-INDEX_VERSION = 1
-_COLUMNS = ("key", "slot", "fixture", "source", "created", "last_used", "hits", "size", "seconds")
+INDEX_VERSION = 2
+_COLUMNS = (
+    "key",
+    "slot",
+    "fixture",
+    "source",
+    "created",
+    "last_used",
+    "hits",
+    "size",
+    "seconds",
+    "project",
+)
+# An index of version 1 had no project column: it is made again from the entry files.
+_COLUMNS_V1 = _COLUMNS[:-1]
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by pytest-memo.\n"
@@ -76,7 +89,8 @@ CREATE TABLE IF NOT EXISTS entries (
     last_used REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL,
-    seconds REAL NOT NULL
+    seconds REAL NOT NULL,
+    project TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS entries_slot ON entries (slot);
 CREATE INDEX IF NOT EXISTS entries_last_used ON entries (last_used);
@@ -109,6 +123,9 @@ class EntryInfo:
     seconds: float
     created: float
     run: str = ""  # the run that wrote it (--memo-refresh); "" in entries of older versions
+    # The project that wrote it (see pytest_memo.store.location.project_identity): its
+    # --memo-prune removes only its own entries from a store that projects share.
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,7 @@ class Listing:
     hits: int
     size: int
     seconds: float
+    project: str = ""
 
 
 class Store:
@@ -624,16 +642,20 @@ class Store:
             row[0]
             for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        if version != 0 or not tables <= {"entries"}:
-            raise _DamagedIndex(f"a foreign schema (tables {sorted(tables)}, version {version})")
+        columns: tuple[str, ...] = ()
         if tables:
             columns = tuple(row[1] for row in connection.execute("PRAGMA table_info(entries)"))
-            if columns != _COLUMNS:
-                raise _DamagedIndex(f"a foreign schema (columns {list(columns)})")
+        upgrade = version == 1 and tables == {"entries"} and columns == _COLUMNS_V1
+        if not upgrade and (version != 0 or not tables <= {"entries"}):
+            raise _DamagedIndex(f"a foreign schema (tables {sorted(tables)}, version {version})")
+        if tables and not upgrade and columns != _COLUMNS:
+            raise _DamagedIndex(f"a foreign schema (columns {list(columns)})")
         with connection:
+            if upgrade:  # made again from the entry files, which hold the projects
+                connection.execute("DROP TABLE entries")
             connection.executescript(_SCHEMA)
             connection.executemany(
-                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 self._scan_entries(),
             )
             connection.execute(f"PRAGMA user_version = {INDEX_VERSION}")
@@ -664,6 +686,7 @@ class Store:
                     time.time(),
                     size,
                     entry.seconds,
+                    entry.project,
                 )
 
     def _rebuild(self, reason: str) -> None:
@@ -718,15 +741,22 @@ class Store:
         now = time.time()
         self._query(
             lambda index: index.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (key, info.slot, info.fixture, info.source, info.created, now, size, info.seconds),
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (
+                    *(key, info.slot, info.fixture, info.source, info.created, now, size),
+                    *(info.seconds, info.project),
+                ),
             )
         )
 
-    def has_other_in_slot(self, slot: str, key: str) -> bool:
+    def has_other_in_slot(self, slot: str, key: str, project: str = "") -> bool:
+        """Whether the store holds another key for ``slot`` written by ``project`` (or by a
+        version that recorded no project): another project's slot of the same name is not
+        this one's."""
         row = self._query(
             lambda index: index.execute(
-                "SELECT 1 FROM entries WHERE slot = ? AND key != ? LIMIT 1", (slot, key)
+                "SELECT 1 FROM entries WHERE slot = ? AND key != ? AND project IN (?, '') LIMIT 1",
+                (slot, key, project),
             ).fetchone()
         )
         return row is not None
@@ -771,8 +801,8 @@ class Store:
         try:
             rows = self._query(
                 lambda index: index.execute(
-                    "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds "
-                    "FROM entries ORDER BY fixture, last_used DESC"
+                    "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds, "
+                    "project FROM entries ORDER BY fixture, last_used DESC"
                 ).fetchall()
             )
         except OSError as error:
@@ -782,8 +812,10 @@ class Store:
 
     def _scanned_listing(self) -> list[Listing]:
         rows = []
-        for key, slot, fixture, source, created, _, size, seconds in self._scan_entries():
-            rows.append(Listing(key, slot, fixture, source, created, created, 0, size, seconds))
+        for key, slot, fixture, source, created, _, size, seconds, project in self._scan_entries():
+            rows.append(
+                Listing(key, slot, fixture, source, created, created, 0, size, seconds, project)
+            )
         return sorted(rows, key=lambda row: (row.fixture, -row.created))
 
     def total_size(self) -> int:
@@ -817,18 +849,28 @@ class Store:
             self.remove(key)
         return len(doomed)
 
-    def prune(self, used_keys: set[str], used_slots: set[str], everything: bool) -> int:
+    def prune(
+        self,
+        used_keys: set[str],
+        used_slots: set[str],
+        everything: bool,
+        project: str | None = None,
+    ) -> int:
         """Remove entries this run did not use, and the temporary files of killed writers;
         returns how many files were removed.
 
         Always those superseded in a slot this run filled with another key (an edit made
-        them unreachable); with ``everything`` (a complete run) all unused ones.
+        them unreachable); with ``everything`` (a complete run) all unused ones.  Given a
+        ``project``, only the entries it wrote (and those of versions that recorded no
+        project): a store shared by projects keeps the others' entries.
         """
         leftovers, _ = self.remove_leftovers(deep=True)
         doomed = [
             entry.key
             for entry in self.listing()
-            if entry.key not in used_keys and (everything or entry.slot in used_slots)
+            if entry.key not in used_keys
+            and (everything or entry.slot in used_slots)
+            and (project is None or entry.project in (project, ""))
         ]
         self._remove_many(doomed)
         return len(doomed) + leftovers
@@ -959,6 +1001,7 @@ def _index_of(argument: object) -> int:
 
 
 _INFO_FIELDS = frozenset(field.name for field in fields(EntryInfo))
+_REQUIRED = frozenset(field.name for field in fields(EntryInfo) if field.default is MISSING)
 
 
 def _leading_dict(stream: bytes) -> dict[str, Any]:
@@ -969,6 +1012,7 @@ def _leading_dict(stream: bytes) -> dict[str, Any]:
     marks: list[int] = []
     memo: dict[int, Any] = {}
     constants = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+    older: dict[str, Any] | None = None
     for opcode, argument, _ in pickletools.genops(stream):
         name = opcode.name
         if name in ("PROTO", "FRAME"):
@@ -1001,8 +1045,13 @@ def _leading_dict(stream: bytes) -> dict[str, Any]:
             stack[-1][stack.pop()] = value
         else:
             break
-        if not marks and len(stack) == 1 and set(stack[0]) == _INFO_FIELDS:
-            return dict(stack[0])
+        if not marks and len(stack) == 1 and isinstance(stack[0], dict):
+            if set(stack[0]) == _INFO_FIELDS:
+                return dict(stack[0])
+            if _REQUIRED <= set(stack[0]) <= _INFO_FIELDS:
+                older = dict(stack[0])
+    if older is not None:  # the info of an older version, without the fields added since
+        return older
     raise ValueError("no entry information at the start of the pickle stream")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 __all__ = [
@@ -56,3 +57,25 @@ def refusal(directory: Path, rootdir: Path, setting: str) -> str | None:
         f"'*'), which would hide the whole project. Give the store a directory of its "
         f"own, such as {directory / DEFAULT_DIRECTORY}"
     )
+
+
+def project_identity(rootdir: Path, configured: str = "") -> str:
+    """The project's identity, recorded in the entries it writes: ``--memo-prune`` removes
+    only its own from a store that projects share.
+
+    The ini option ``memo_project`` if set; else the ``[project] name`` of the rootdir's
+    ``pyproject.toml``; else the rootdir's directory name.  Two checkouts of one project
+    are one project (they carry the same name wherever they are); two projects are two.
+    """
+    if configured.strip():
+        return configured.strip()
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pytest depends on tomli there
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    try:
+        with open(rootdir / "pyproject.toml", "rb") as file:
+            name = tomllib.load(file).get("project", {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return name.strip() if isinstance(name, str) and name.strip() else rootdir.name
