@@ -197,3 +197,18 @@ def test_read_only_refuses_options_that_write(suite: MemoSuite, option: str) -> 
     result = suite.run_subprocess("--memo-read-only", option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{option.split('=')[0]} writes to the store*drop one*"])
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("fsspec") is None, reason="needs fsspec")
+def test_read_only_on_purpose_uploads_nothing_to_a_remote_store(six: MemoSuite) -> None:
+    remote = six.path.parent / f"{six.path.name}-remote"
+    url = f"file://{remote}"
+    six.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=6)  # uploads all six
+    (six.path / "calls.txt").unlink()
+    shutil.rmtree(six.path / ".pytest_memo/remote")  # a fresh machine: downloads
+    six.replace("conftest.py", 'record("f5")', 'record(f"f{5}")')  # edited: a miss
+    before = snapshot(remote)
+    result = six.run_subprocess(f"--memo-dir={url}", "--memo-read-only")
+    result.assert_outcomes(passed=6)
+    assert counts(result) == (5, 1) and six.calls() == ["f5"]
+    assert snapshot(remote) == before

@@ -245,7 +245,8 @@ def _prepare_store(config: pytest.Config, store: Store) -> None:
             # Made only when something is memoized (the engine prepares it then): a project
             # with the plugin installed and nothing memoized gets no directory.  Whether it
             # can be made is checked now, for one warning before any worker starts.
-            store.check_creatable()
+            if not store.read_only:
+                store.check_creatable()
             store.probe()
         if clear is not None:
             removed = store.clear(None if clear == CLEAR_ALL else clear)
