@@ -1,7 +1,8 @@
 """Project commands that set up what they need: ``python3 tasks.py demo|test``.
 
-The first call creates ``.venv`` and installs the package with its ``dev`` extra; later calls
-reuse it and reinstall only when ``pyproject.toml`` changed.
+The first call creates ``.venv`` and installs what the command needs there: ``demo`` only the
+package (and so pytest), ``test`` the package with its ``dev`` extra too.  Later calls reuse it
+and reinstall only when ``pyproject.toml`` changed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-STAMP = VENV / "pytest-memo-installed"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+DEV_STAMP = "pytest-memo-installed-dev"
 
 
 def _run(*args: str | Path, check: bool = True, env: dict[str, str] | None = None) -> int:
@@ -28,15 +29,26 @@ def _run(*args: str | Path, check: bool = True, env: dict[str, str] | None = Non
     return code
 
 
-def ensure_venv() -> None:
+def _installed(stamp: Path, wanted: str) -> bool:
+    return stamp.exists() and stamp.read_text() == wanted and PYTHON.exists()
+
+
+def ensure_venv(extra: str | None) -> None:
+    """``.venv`` with the package installed (editable), and ``extra``'s requirements if given.
+
+    One stamp per set of requirements, holding the hash of the ``pyproject.toml`` it was
+    installed from: the ``dev`` set includes the package, so it serves the demo too.
+    """
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+    stamp = VENV / f"pytest-memo-installed-{extra or 'package'}"
+    if _installed(stamp, wanted) or (extra is None and _installed(VENV / DEV_STAMP, wanted)):
         return
     if not PYTHON.exists():
         venv.create(VENV, with_pip=True)
-    _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
-    STAMP.write_text(wanted)
+    if extra:  # the development tools may want a newer pip; the demo does not wait for one
+        _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]" if extra else ".")
+    stamp.write_text(wanted)
 
 
 def ensure_pytest84() -> Path:
@@ -55,6 +67,7 @@ def ensure_pytest84() -> Path:
 
 def demo() -> int:
     """Run the example suite twice: cold (fixtures computed) then warm (loaded from the store)."""
+    ensure_venv(extra=None)
     pytest = (PYTHON, "-m", "pytest", "examples", "-q", "-p", "no:cacheprovider")
     print("\n== cold run: the store is cleared, expensive fixtures are computed ==", flush=True)
     _run(*pytest, "--memo-clear")
@@ -66,11 +79,14 @@ def demo() -> int:
 
 def test() -> int:
     """Lint, format check, strict typing, then the whole test suite."""
+    ensure_venv(extra="dev")
     _run(PYTHON, "-m", "ruff", "check", ".")
     _run(PYTHON, "-m", "ruff", "format", "--check", ".")
     _run(PYTHON, "-m", "mypy")
     env = {**os.environ, "PYTEST_MEMO_PYTEST84_PYTHON": str(ensure_pytest84())}
-    return _run(PYTHON, "-m", "pytest", "-n", "2", *sys.argv[2:], check=False, env=env)
+    # Our own runner, in process mode; pytest-xdist is still used by the tests that check
+    # memo together with it (inside pytester runs).
+    return _run(PYTHON, "-m", "pytest", "--par=2", *sys.argv[2:], check=False, env=env)
 
 
 COMMANDS = {"demo": demo, "test": test}
@@ -78,5 +94,4 @@ COMMANDS = {"demo": demo, "test": test}
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         sys.exit(f"usage: python3 tasks.py {{{'|'.join(COMMANDS)}}} [pytest options]")
-    ensure_venv()
     sys.exit(COMMANDS[sys.argv[1]]())

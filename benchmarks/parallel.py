@@ -1,6 +1,7 @@
 """The parallel runner, measured side by side with serial pytest and pytest-xdist.
 
-    python benchmarks/parallel.py [--repeat N] [--pyargs PACKAGE ... [--pyargs-repeat N]]
+    python benchmarks/parallel.py [--repeat N] [--scenario NAME ...]
+                                  [--pyargs PACKAGE ... [--pyargs-repeat N]]
 
 Each figure is the wall time of a complete pytest process (median of N runs, the variants
 taking turns), with only
@@ -52,6 +53,26 @@ import pytest
 def test_trivial(i):
     pass
 """
+FIXTURE_CONFTEST = """
+import time, pytest
+
+@pytest.fixture(scope="session", params=["a", "b", "c"])
+def resource(request):
+    time.sleep(0.3)  # an expensive set-up: a database, a trained model
+    return request.param
+"""
+FIXTURE_MODULE = """
+import pytest
+
+@pytest.mark.parametrize("i", range(5))
+def test_uses_it(resource, i):
+    assert resource
+"""
+# 60 short tests (4 modules x 5 x 3 parameters) of a session fixture with 3 parameters.
+FIXTURE = {"conftest.py": FIXTURE_CONFTEST} | {
+    f"test_uses_{module}.py": FIXTURE_MODULE for module in range(4)
+}
+SCENARIOS = ("sleepy", "cpu", "one", "many", "fixture")
 PLUGINS = (
     "-p",
     "pytest_memo.memoize.plugin",
@@ -78,12 +99,17 @@ def run(directory: Path, *args: str) -> tuple[float, str]:
 
 
 def scenario(
-    title: str, source: str, variants: list[tuple[str, tuple[str, ...]]], repeat: int
+    title: str,
+    source: str | dict[str, str],
+    variants: list[tuple[str, tuple[str, ...]]],
+    repeat: int,
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
         (directory / "pytest.ini").write_text("[pytest]\n")
-        (directory / "test_suite.py").write_text(source)
+        files = source if isinstance(source, dict) else {"test_suite.py": source}
+        for name, text in files.items():
+            (directory / name).write_text(text)
         # Round-robin: a noisy spell on the shared machine slows one run of each variant,
         # not every run of one variant.
         runs: dict[str, list[float]] = {label: [] for label, _ in variants}
@@ -140,6 +166,14 @@ def real_world(package: str, repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--scenario",
+        nargs="*",
+        choices=SCENARIOS,
+        default=list(SCENARIOS),
+        help="the synthetic scenarios to run (default: all; none with --pyargs alone: "
+        "--scenario with no name)",
+    )
     parser.add_argument("--pyargs", nargs="*", default=[], metavar="PACKAGE")
     parser.add_argument("--pyargs-repeat", type=int, default=1, metavar="N")
     options = parser.parse_args()
@@ -151,28 +185,45 @@ def main() -> None:
         f"Python {platform.python_version()}, pytest {pytest.__version__}, "
         f"pytest-xdist {xdist.__version__}; medians of {options.repeat} runs"
     )
-    sleepy = scenario(
-        "160 tests sleeping 25 ms and 100 trivial tests",
-        SLEEPY,
-        [
-            ("serial", ()),
-            ("-n 8", ("-n", "8")),
-            ("--par=8", ("--par=8",)),
-            ("--par=8 --par-mode=thread", ("--par=8", "--par-mode=thread")),
-        ],
-        options.repeat,
-    )
-    verdict("--par=8 at least 5x faster than serial", sleepy["serial"] >= 5 * sleepy["--par=8"])
-    verdict("--par=8 at least 1.25x faster than -n 8", sleepy["-n 8"] >= 1.25 * sleepy["--par=8"])
-    thread = sleepy["--par=8 --par-mode=thread"]
-    verdict("thread mode at least 4x faster than serial", sleepy["serial"] >= 4 * thread)
+    chosen = set(options.scenario)
     two = [("serial", ()), ("-n 2", ("-n", "2")), ("--par=2", ("--par=2",))]
-    cpu = scenario("40 CPU-bound tests", CPU_BOUND, two, options.repeat)
-    verdict("--par=2 at least 1.6x faster than serial", cpu["serial"] >= 1.6 * cpu["--par=2"])
-    one = scenario("One trivial test", ONE, two, options.repeat)
-    verdict("--par=2 adds at most 0.15 s", one["--par=2"] - one["serial"] <= 0.15)
-    many = scenario("2000 trivial tests", MANY, two, options.repeat)
-    verdict("--par=2 within 1.15x of serial", many["--par=2"] <= 1.15 * many["serial"])
+    if "sleepy" in chosen:
+        sleepy = scenario(
+            "160 tests sleeping 25 ms and 100 trivial tests",
+            SLEEPY,
+            [
+                ("serial", ()),
+                ("-n 8", ("-n", "8")),
+                ("--par=8", ("--par=8",)),
+                ("--par=8 --par-mode=thread", ("--par=8", "--par-mode=thread")),
+            ],
+            options.repeat,
+        )
+        verdict("--par=8 at least 5x faster than serial", sleepy["serial"] >= 5 * sleepy["--par=8"])
+        verdict(
+            "--par=8 at least 1.25x faster than -n 8", sleepy["-n 8"] >= 1.25 * sleepy["--par=8"]
+        )
+        thread = sleepy["--par=8 --par-mode=thread"]
+        verdict("thread mode at least 4x faster than serial", sleepy["serial"] >= 4 * thread)
+    if "cpu" in chosen:
+        cpu = scenario("40 CPU-bound tests", CPU_BOUND, two, options.repeat)
+        verdict("--par=2 at least 1.6x faster than serial", cpu["serial"] >= 1.6 * cpu["--par=2"])
+    if "one" in chosen:
+        one = scenario("One trivial test", ONE, two, options.repeat)
+        verdict("--par=2 adds at most 0.15 s", one["--par=2"] - one["serial"] <= 0.15)
+    if "many" in chosen:
+        many = scenario("2000 trivial tests", MANY, two, options.repeat)
+        verdict("--par=2 within 1.15x of serial", many["--par=2"] <= 1.15 * many["serial"])
+    if "fixture" in chosen:
+        scope = ("--par=2 --par-dist=scope", ("--par=2", "--par-dist=scope"))
+        fixture = scenario(
+            "60 short tests of a session fixture with 3 parameters (0.3 s set-up each)",
+            FIXTURE,
+            [*two, scope],
+            options.repeat,
+        )
+        verdict("--par=2 faster than -n 2", fixture["--par=2"] < fixture["-n 2"])
+        verdict("--par-dist=scope faster than -n 2", fixture[scope[0]] < fixture["-n 2"])
     for package in options.pyargs:
         real_world(package, options.pyargs_repeat)
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pytest_memo.core.serialize import dump, load
     from pytest_memo.memoize.cache import cache
     from pytest_memo.memoize.marker import memo
+    from pytest_memo.parallel.once import once_per_run
 
 __all__ = [
     "CorruptFileError",
@@ -26,6 +27,7 @@ __all__ = [
     "hash",
     "load",
     "memo",
+    "once_per_run",
 ]
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ _HOMES = {
     "UnhashableError": "core.hashing",
     "hash": "core.hashing",
     "memo": "memoize.marker",
+    "once_per_run": "parallel.once",
     "cache": "memoize.cache",
     "dump": "core.serialize",
     "load": "core.serialize",

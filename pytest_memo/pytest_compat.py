@@ -8,8 +8,9 @@ difference between versions handled inside.  No other module imports ``_pytest``
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Generator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from _pytest._code.code import TerminalRepr
@@ -25,9 +26,11 @@ from _pytest.runner import SetupState, call_and_report
 
 __all__ = [
     "FIXTURE_FINALIZERS_ATTRIBUTE",
+    "LOGGING_PLUGIN_NAME",
     "MARK_GEN",
     "DoctestItem",
     "FDCapture",
+    "FixtureRequests",
     "Mark",
     "MarkDecorator",
     "MultiCapture",
@@ -40,10 +43,14 @@ __all__ = [
     "assertion_hooks",
     "assertion_util",
     "call_and_report",
+    "compute_session_fixture",
+    "fixture_requests",
     "fixture_values_released",
     "global_capturing",
+    "higher_scoped_params",
     "is_fixture_definition",
     "item_fixture_definitions",
+    "log_capture_handler",
     "parse_warning_filter",
     "requesting_item",
     "set_assertion_hooks",
@@ -52,6 +59,7 @@ __all__ = [
     "set_writer_stream",
     "setup_state",
     "terminal_writer",
+    "tmp_path_factory",
     "wrap_session",
     "writer_stream",
     "xml_key",
@@ -77,6 +85,47 @@ def all_fixture_definitions(session: pytest.Session) -> list[Any]:
     if hasattr(manager, "_get_all_fixture_defs"):  # pytest 9
         return list(manager._get_all_fixture_defs())
     return [d for defs in manager._arg2fixturedefs.values() for d in defs]  # pytest 8.4
+
+
+def compute_session_fixture(item: pytest.Item, name: str) -> object:
+    """Set up the session fixture ``name`` as for ``item``, in a process that runs no
+    test (the --par main process): the session is set up first, as for a test, so that
+    the fixture's teardown is registered with it and runs when the session finishes."""
+    state = item.session._setupstate
+    if item.session not in state.stack:
+        state.setup(item.session)  # type: ignore[arg-type]
+    # The test and its parents look set up (pytest asks a requesting node to be), without
+    # running their setup; they are taken off the stack again afterwards.
+    added = [node for node in item.listchain() if node not in state.stack]
+    for node in added:
+        state.stack[node] = ([], None)
+    try:
+        value = item._request.getfixturevalue(name)  # type: ignore[attr-defined]
+    finally:
+        for node in added:
+            state.stack.pop(node, None)
+    # A fresh request for the test: the one used here remembers the fixtures it computed,
+    # which thread mode keeps per thread.
+    if hasattr(item, "_initrequest"):
+        item._initrequest()
+    return value
+
+
+def higher_scoped_params(item: Any) -> tuple[tuple[str, int], ...]:
+    """The parameters of ``item`` that belong to fixtures wider than a test (class,
+    module, package or session scoped), as sorted (argument name, parameter index)
+    pairs: items sharing them share those fixtures' values.  () for none."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return ()
+    scopes = getattr(callspec, "_arg2scope", {})
+    return tuple(
+        sorted(
+            (name, index)
+            for name, index in callspec.indices.items()
+            if getattr(scopes.get(name), "value", "function") != "function"
+        )
+    )
 
 
 def setup_state(session: pytest.Session) -> SetupState:
@@ -179,3 +228,42 @@ PYTEST_PER_RUN_FIXTURES = (
     "record_xml_attribute",
     "cache",
 )
+
+
+# -- Thread mode: who brought a fixture into a test -------------------------------------
+
+
+class FixtureRequests(NamedTuple):
+    """The fixtures a test asks for: ``direct`` by its parameters and usefixtures marks,
+    ``initial`` those plus the autouse fixtures, in pytest's order, and the definitions
+    of every name in their closure."""
+
+    direct: frozenset[str]
+    initial: tuple[str, ...]
+    definitions: dict[str, Any]
+
+
+def fixture_requests(item: Any) -> FixtureRequests:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return FixtureRequests(frozenset(), (), {})
+    used = [name for mark in item.iter_markers("usefixtures") for name in mark.args]
+    return FixtureRequests(
+        frozenset((*info.argnames, *used)), tuple(info.initialnames), dict(info.name2fixturedefs)
+    )
+
+
+def log_capture_handler() -> logging.Handler:
+    """A new handler of the kind pytest's logging plugin keeps a test's records with."""
+    from _pytest.logging import LogCaptureHandler
+
+    return LogCaptureHandler()
+
+
+# The name pytest registers its logging plugin under.
+LOGGING_PLUGIN_NAME = "logging-plugin"
+
+
+def tmp_path_factory(config: pytest.Config) -> pytest.TempPathFactory | None:
+    """The run's TempPathFactory (pytest's tmp_path plugin), or None when it is disabled."""
+    return getattr(config, "_tmp_path_factory", None)

@@ -88,6 +88,8 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> MemoSui
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
     monkeypatch.delenv("PYTEST_MEMO_DIR", raising=False)
+    for name in ("PYTEST_MEMO_SECRET", "PYTEST_MEMO_SIGNING_KEY", "PYTEST_MEMO_TRUSTED_KEYS"):
+        monkeypatch.delenv(name, raising=False)  # signing is what a test sets up itself
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)  # a suite is a run of its own, not a worker
     assert os.getcwd() == str(pytester.path)

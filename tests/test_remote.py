@@ -384,3 +384,247 @@ def test_refused_uploads_leave_the_remote_readable(
     assert len(warnings) == 1  # once per run
     assert reader.read("b2" * 16) is not None  # in the local cache
     assert writer.read("b2" * 16) is None  # never reached the remote
+
+
+# -- Ed25519 keys: main signs, pull requests verify and cannot poison the store ---------
+
+POISONABLE = """
+import os
+
+import numpy as np
+
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo(mmap=True)
+def data():
+    record("data")
+    return {"answer": int(os.environ.get("POISON", "42")), "array": np.arange(1000.0)}
+"""
+
+
+def objects(bucket: Bucket) -> dict[str, bytes]:
+    """The entries and signatures in the bucket (not the markers of their use)."""
+    return {
+        key: bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+        for key in bucket.keys()  # noqa: SIM118 (a method of Bucket, not a dict)
+        if "/v1/entries/" in key
+    }
+
+
+@needs_s3
+def test_pull_requests_verify_with_the_public_key_and_cannot_poison_main(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_signing import Keys, as_main, as_pull_request
+
+    project.write("conftest.py", POISONABLE)
+    url = f"--memo-dir={bucket.url()}"
+    main, intruder = Keys(), Keys()
+    as_main(monkeypatch, main)
+    project.run_subprocess(url).assert_outcomes(passed=2)
+    signed = objects(bucket)
+    assert sorted(key.rsplit(".", 1)[1] for key in signed) == ["memo", "sig"]
+
+    # A pull request job: the public key only.  It hits what main signed, and what it
+    # computes (--memo-refresh here) goes nowhere, even with credentials that could write.
+    as_pull_request(monkeypatch, main)
+    pull = elsewhere()
+    pull.run(url).assert_outcomes(passed=2)
+    assert pull.calls() == []
+    pull.run(url, "--memo-refresh").assert_outcomes(passed=2)
+    assert pull.calls() == ["data"]
+    assert objects(bucket) == signed
+
+    # A job with a key of its own stores a forged value under main's key...
+    as_main(monkeypatch, intruder)
+    monkeypatch.setenv("POISON", "666")
+    elsewhere().run(url, "--memo-refresh").assert_outcomes(failed=1, passed=1)
+    assert objects(bucket) != signed
+    monkeypatch.delenv("POISON")
+    # ...which main, on a machine without a local copy, refuses, recomputes and replaces.
+    as_main(monkeypatch, main)
+    fresh = elsewhere()
+    result = fresh.run(url)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*refused the stored entry*not a trusted key*downloaded from s3*"])
+    assert fresh.calls() == ["data"]
+    as_pull_request(monkeypatch, main)
+    pull = elsewhere()
+    pull.run(url).assert_outcomes(passed=2)
+    assert pull.calls() == []
+
+    # An unsigned forged entry written straight into the bucket: refused too, by pull
+    # requests (which compute the right value and store nothing) and by main.
+    (memo,) = [key for key in objects(bucket) if key.endswith(".memo")]
+    forged = elsewhere()
+    monkeypatch.delenv("PYTEST_MEMO_TRUSTED_KEYS")
+    monkeypatch.setenv("POISON", "666")
+    forged.run("--memo-dir=.forged").assert_outcomes(failed=1, passed=1)
+    monkeypatch.delenv("POISON")
+    (local,) = forged.path.joinpath(".forged").glob("v1/entries/*/*.memo")
+    bucket.client.put_object(Bucket=bucket.name, Key=memo, Body=local.read_bytes())
+    for unsigned in ("with main's signature beside it", "without a signature"):
+        as_pull_request(monkeypatch, main)
+        pull = elsewhere()
+        result = pull.run(url)
+        result.assert_outcomes(passed=2, warnings=1)
+        result.stdout.fnmatch_lines(["*refused the stored entry*"])
+        assert pull.calls() == ["data"], unsigned
+        bucket.client.delete_object(Bucket=bucket.name, Key=memo[: -len(".memo")] + ".sig")
+    as_main(monkeypatch, main)
+    fresh = elsewhere()
+    result = fresh.run(url)
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(["*refused the stored entry*not signed*"])
+    as_pull_request(monkeypatch, main)
+    pull = elsewhere()
+    pull.run(url).assert_outcomes(passed=2)
+    assert pull.calls() == []
+
+
+# -- --memo-prune on a remote store: by last use, recorded in the remote ----------------
+
+FIXTURES = """
+@pytest.fixture(scope="session")
+@pytest.mark.memo
+def first():
+    record("first")
+    return 1
+
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo
+def second():
+    record("second")
+    return 2
+
+
+@pytest.fixture(scope="session")
+@pytest.mark.memo
+def third():
+    record("third")
+    return 3
+"""
+
+
+@pytest.fixture
+def fixtures(project: MemoSuite) -> MemoSuite:
+    suite = project  # whose copies `elsewhere` makes
+    suite.write("conftest.py", FIXTURES)
+    (suite.path / "test_it.py").unlink()
+    for name in ("first", "second", "third"):
+        suite.write(f"test_{name}.py", f"def test_{name}({name}):\n    assert {name}\n")
+    return suite
+
+
+def server_clock_past(bucket: Bucket, seconds: float) -> None:
+    """Wait until the server's clock is ``seconds`` past the newest object in the bucket:
+    a run started then finds every object older than its start, whatever the precision
+    of object times (whole seconds)."""
+    listing = bucket.client.list_objects_v2(Bucket=bucket.name)["Contents"]
+    newest = max(item["LastModified"] for item in listing)
+    for _ in range(200):
+        bucket.client.put_object(Bucket=bucket.name, Key="clock-probe", Body=b"")
+        head = bucket.client.head_object(Bucket=bucket.name, Key="clock-probe")
+        bucket.client.delete_object(Bucket=bucket.name, Key="clock-probe")
+        if (head["LastModified"] - newest).total_seconds() > seconds:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the S3 server's clock does not advance")
+
+
+def stored(bucket: Bucket) -> set[str]:
+    """The keys of the entries in the bucket."""
+    return {key.rpartition("/")[2][: -len(".memo")] for key in entry_keys(bucket.keys())}
+
+
+def used(bucket: Bucket) -> set[str]:
+    return {key.rpartition("/")[2] for key in bucket.keys() if "/v1/used/" in key}  # noqa: SIM118
+
+
+@needs_s3
+def test_prune_removes_remote_entries_that_no_run_used_within_the_grace_period(
+    fixtures: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    url = f"--memo-dir={bucket.url()}"
+    fixtures.run_subprocess(url, "test_first.py").assert_outcomes(passed=1)
+    first = stored(bucket)
+    fixtures.run_subprocess(url, "test_second.py").assert_outcomes(passed=1)
+    (second,) = stored(bucket) - first
+    server_clock_past(bucket, 4)
+
+    # Another machine uses `first` (a hit, recorded in the remote) and prunes: with the
+    # default grace period (7 days) `second`, used minutes ago, stays.
+    result = elsewhere().run(url, "test_first.py", "--memo-prune")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["memo: 1 hit*0 unused removed (--memo-prune), 0 from the remote*"])
+    assert stored(bucket) == first | {second}
+    assert used(bucket) == first
+
+    # With no grace at all, what this run did not use, and no run used since it began,
+    # goes: `second`; `first`, used by this run, stays.
+    result = elsewhere().run(url, "test_first.py", "--memo-prune", "--memo-prune-grace=0")
+    result.stdout.fnmatch_lines(["memo: 1 hit*, 1 from the remote store"])
+    assert stored(bucket) == first
+    assert used(bucket) == first
+    later = elsewhere()
+    later.run(url).assert_outcomes(passed=3)
+    assert later.calls() == ["second", "third"]
+
+
+CONCURRENT_JOB = """
+import os
+import subprocess
+import sys
+
+
+def test_another_job_runs_meanwhile(first):
+    # Another CI job, on another machine, while this run goes on: it uses `second` and
+    # stores `third`.
+    other = os.environ["OTHER_JOB"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", os.environ["MEMO_DIR"]]
+    done = subprocess.run(command, cwd=other, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+"""
+
+
+@needs_s3
+def test_a_prune_keeps_what_a_concurrent_job_used_or_wrote(
+    fixtures: MemoSuite, bucket: Bucket, elsewhere: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"--memo-dir={bucket.url()}"
+    fixtures.run_subprocess(url, "test_first.py", "test_second.py").assert_outcomes(passed=2)
+    before = stored(bucket)
+    server_clock_past(bucket, 4)
+
+    other = elsewhere()
+    (other.path / "test_first.py").unlink()
+    pruner = elsewhere()
+    for name in ("test_second.py", "test_third.py"):
+        (pruner.path / name).unlink()
+    pruner.path.joinpath("test_concurrent.py").write_text(CONCURRENT_JOB)
+    monkeypatch.setenv("OTHER_JOB", str(other.path))
+    monkeypatch.setenv("MEMO_DIR", url)
+    result = pruner.run(url, "--memo-prune", "--memo-prune-grace=0")
+    result.assert_outcomes(passed=2)
+    assert other.calls() == ["third"]  # it hit `second` and computed `third`
+    result.stdout.fnmatch_lines(["memo: 1 hit*, 0 from the remote store"])
+    after = stored(bucket)
+    assert before < after  # `first` (this run's), `second` (used meanwhile), `third` (new)
+    assert len(after) == 3
+
+    # Once no one uses `second` and `third` any more, the next prune removes them.
+    server_clock_past(bucket, 4)
+    pruner.path.joinpath("test_concurrent.py").unlink()
+    result = pruner.run(url, "--memo-prune", "--memo-prune-grace=0")
+    result.stdout.fnmatch_lines(["memo: 1 hit*, 2 from the remote store"])
+    assert len(stored(bucket)) == 1
+
+
+@needs_s3
+def test_a_bad_grace_period_is_a_usage_error(fixtures: MemoSuite, bucket: Bucket) -> None:
+    result = fixtures.run_subprocess(f"--memo-dir={bucket.url()}", "--memo-prune-grace=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--memo-prune-grace / memo_prune_grace: 'soon' is not a duration*"]
+    )

@@ -43,7 +43,10 @@ def _run(
     for worker in active:
         scheduler.worker_added(worker)
     spare = 0
+    turns = 0
     while any(scheduler.holds(worker) for worker in active) or scheduler.pending:
+        turns += 1
+        assert turns < 100_000, "the scheduler stalls"
         for worker in list(active):
             if scheduler.due(worker):
                 batch = scheduler.next_batch(worker)
@@ -156,17 +159,28 @@ def test_stop_hands_out_nothing_more() -> None:
 @given(
     sizes=st.lists(st.integers(1, 6), min_size=1, max_size=60),
     seconds=st.lists(st.sampled_from([0.0, 0.001, 0.5, 20.0]), min_size=360, max_size=360),
+    keys=st.lists(st.integers(0, 3), min_size=360, max_size=360),
+    alone=st.sets(st.integers(0, 359), max_size=4),
     workers=st.integers(1, 5),
     crash=st.sets(st.integers(0, 359), max_size=5),
+    in_order=st.booleans(),
 )
 def test_no_item_is_lost_or_duplicated(
-    sizes: list[int], seconds: list[float], workers: int, crash: set[int]
+    sizes: list[int],
+    seconds: list[float],
+    keys: list[int],
+    alone: set[int],
+    workers: int,
+    crash: set[int],
+    in_order: bool,
 ) -> None:
     units, start = [], 0
     for size in sizes:
         units.append(list(range(start, start + size)))
         start += size
-    scheduler: Scheduler[str] = Scheduler(units, seconds[:start], workers)
+    scheduler: Scheduler[str] = Scheduler(
+        units, seconds[:start], workers, keys=keys, alone=alone, in_order=in_order
+    )
     names = [f"w{number}" for number in range(workers)]
     batches, done, crashed = _run(scheduler, names, crash=frozenset(crash))
     handed_out = [index for lists in batches.values() for batch in lists for index in batch]
@@ -174,3 +188,72 @@ def test_no_item_is_lost_or_duplicated(
     # handed out once, and once more only if requeued after a crash
     assert len(handed_out) >= start
     assert len(set(done)) == len(done)
+
+
+def _setups(batches: dict[str, list[list[int]]], keys: Sequence[object]) -> int:
+    """How often workers switch to another fixture parameter (each switch: a setup)."""
+    count = 0
+    for lists in batches.values():
+        ran = [keys[index] for batch in lists for index in batch]
+        count += sum(1 for before, now in zip([None, *ran], ran, strict=False) if before != now)
+    return count
+
+
+def test_tests_sharing_a_fixture_parameter_stay_together() -> None:
+    # pytest's order: 20 tests of each of 3 parameters of a session fixture.  Handed
+    # out one by one in that order, every worker would set up every parameter.
+    keys = [(("resource", index // 20),) for index in range(60)]
+    for seconds in ([0.0] * 60, [0.3 if index % 20 == 0 else 0.01 for index in range(60)]):
+        scheduler: Scheduler[str] = Scheduler(_units(60), seconds, workers=2, keys=keys)
+        batches, done, _ = _run(scheduler, ["a", "b"], seconds=0.01)
+        assert sorted(done) == list(range(60))
+        # a worker per parameter, and one of them joins the last parameter's worker
+        assert _setups(batches, keys) <= 4
+
+
+def test_long_tests_sharing_a_parameter_start_first_on_their_lane() -> None:
+    keys = [(("resource", index // 20),) for index in range(60)]
+    seconds = [0.01] * 60
+    seconds[45] = 5.0  # the last parameter's long test
+    scheduler: Scheduler[str] = Scheduler(_units(60), seconds, workers=2, keys=keys)
+    scheduler.worker_added("a")
+    scheduler.worker_added("b")
+    assert scheduler.next_batch("a")[0] == 45
+    assert all(keys[index] == keys[45] for index in scheduler.holds("a"))
+
+
+def test_tests_marked_serial_run_while_no_other_test_runs() -> None:
+    alone = {5, 30}
+    scheduler: Scheduler[str] = Scheduler(_units(60), [0.01] * 60, workers=3, alone=alone)
+    for worker in "abc":
+        scheduler.worker_added(worker)
+    first = {worker: scheduler.next_batch(worker) for worker in "abc"}
+    assert first["a"][:2] == [5, 30]  # first, on one worker
+    assert first["b"] == first["c"] == []  # the others wait
+    scheduler.item_done("a", 5, 0.01)
+    assert scheduler.next_batch("b") == []  # 30 not done yet
+    scheduler.item_done("a", 30, 0.01)
+    assert scheduler.next_batch("b") and scheduler.next_batch("c")
+
+
+def test_in_order_lanes_keep_the_given_order() -> None:
+    # A shuffled order (pytest-randomly): each worker runs a subsequence of it.
+    order = [7, 3, 11, 0, 5, 9, 1, 10, 2, 8, 4, 6]
+    scheduler: Scheduler[str] = Scheduler(
+        [[index] for index in order], [0.01] * 12, 2, in_order=True
+    )
+    batches, done, _ = _run(scheduler, ["a", "b"])
+    assert sorted(done) == sorted(order)
+    for lists in batches.values():
+        ran = [index for batch in lists for index in batch]
+        assert ran == [index for index in order if index in ran]
+
+
+def test_a_shuffled_order_keeps_all_but_its_long_tests_in_place() -> None:
+    items = [FakeItem(f"test_{index % 3}.py::test_{index}") for index in range(40)]
+    seconds = [0.01] * 40
+    seconds[30] = 5.0
+    assert schedule.order(items, seconds, keep_order=True, workers=2) == list(range(40))
+    shuffled = schedule.order(items, seconds, keep_order=True, workers=2, long_first=True)
+    assert shuffled[0] == 30
+    assert [index for index in shuffled if index != 30] == [i for i in range(40) if i != 30]

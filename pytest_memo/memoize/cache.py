@@ -22,7 +22,8 @@ from pytest_memo.core.hashing import hash
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
 from pytest_memo.memoize.keys import CodeFingerprints, combine
 from pytest_memo.memoize.stats import RunStats
-from pytest_memo.store.local import Store, secret_from_environment
+from pytest_memo.store import signing
+from pytest_memo.store.local import Store
 from pytest_memo.store.location import local_directory, refusal
 
 __all__ = ["cache", "use_store"]
@@ -53,7 +54,7 @@ def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
             warn(f"{problem}; until then, cached functions compute every call")
             use_store(NotMemoized(RunStats()), Path.cwd())
         else:
-            store = Store(directory, secret=secret_from_environment())
+            store = Store(directory, signing=signing.from_environment())
             atexit.register(_save_hits, store)
             use_store(Memoized(store, RunStats()), Path.cwd())
     assert _Active.engine is not None and _Active.fingerprints is not None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.memoize.stats import RunStats
-from pytest_memo.store.local import Entry, EntryInfo, Store
+from pytest_memo.store.local import Entry, EntryInfo, Store, UntrustedEntryError
 
 if TYPE_CHECKING:
     import filelock
@@ -152,6 +152,12 @@ class Memoized:
         try:
             with rooted(self.root):
                 entry = store.read(lookup.key, mmap=lookup.mmap)
+        except UntrustedEntryError as error:
+            # Signed by no one trusted (or not at all): never loaded; this job's own
+            # value replaces it if it may sign.
+            warn(f"refused the stored entry of {lookup.what} and recomputed it: {error}")
+            store.remove(lookup.key)
+            return None
         except CorruptFileError as error:
             self._discard(store, lookup, f"a damaged entry of {lookup.what}", f": {error}")
             return None

@@ -17,7 +17,8 @@ from pytest_memo.memoize import cache as memory
 from pytest_memo.memoize import marker
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
 from pytest_memo.memoize.stats import listing_table, parse_size
-from pytest_memo.store.local import Store, StoreRepairWarning, secret_from_environment
+from pytest_memo.store import signing
+from pytest_memo.store.local import Store, StoreRepairWarning
 from pytest_memo.store.location import (
     DEFAULT_DIRECTORY,
     is_url,
@@ -65,6 +66,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "complete run; see the docs)",
     )
     group.addoption(
+        "--memo-prune-grace",
+        default=None,
+        metavar="DURATION",
+        help="with --memo-prune and a remote store: remove its entries that no run used "
+        "for DURATION (default: 7d; e.g. 12h, 0)",
+    )
+    group.addoption(
         "--memo-dir",
         default=None,
         help="the store directory (default: .pytest_memo), or a URL of a shared remote store: "
@@ -96,6 +104,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="bool",
         default=False,
     )
+    parser.addini(
+        "memo_prune_grace",
+        "--memo-prune on a remote store removes entries no run used for this long (7d)",
+        default="",
+    )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
     parser.addini(
         "memo_project",
@@ -117,7 +130,7 @@ def _store(config: pytest.Config) -> Store:
         problem = refusal(directory, config.rootpath, f"--memo-dir / memo_dir {location!r}")
         if problem is not None:
             raise pytest.UsageError(problem)
-        store = Store(directory, secret=secret_from_environment())
+        store = Store(directory, signing=signing.from_environment())
     store.read_only = _read_only(config)
     return store
 
@@ -410,6 +423,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         line += " (read-only: nothing stored)"
     if memo.pruned is not None:
         line += f"; {memo.pruned} unused removed (--memo-prune)"
+        remote = getattr(store, "remote_pruned", None)
+        if remote is not None:
+            line += f", {remote} from the remote store"
     terminalreporter.write_line(line)
     if config.get_verbosity() > 0:
         for line in memo.stats.table():

@@ -95,6 +95,13 @@ class Readiness(Generic[T]):
     def forget(self, channel: MessageChannel) -> None:
         self._selector.unregister(channel.fileno())
 
+    def watch_descriptor(self, descriptor: int, value: T) -> None:
+        """Also stand for ``value`` when ``descriptor`` is readable (a process's pidfd)."""
+        self._selector.register(descriptor, selectors.EVENT_READ, value)
+
+    def forget_descriptor(self, descriptor: int) -> None:
+        self._selector.unregister(descriptor)
+
     def ready(self, timeout: float | None) -> list[T]:
         """Values of the channels with a message, waiting up to ``timeout`` (None: no limit)."""
         return [key.data for key, _ in self._selector.select(timeout)]

@@ -10,16 +10,20 @@ see is replayed here, in the main process, through the normal hooks: terminal ou
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from pytest_memo.parallel.channel import Readiness
 from pytest_memo.parallel.output import HeldOutput, held_terminal_output
-from pytest_memo.parallel.processes import WorkerProcess, fork_worker
+from pytest_memo.parallel.processes import DUMP_GRACE_SECONDS, WorkerProcess, fork_worker
 from pytest_memo.parallel.protocol import (
     Bye,
     End,
@@ -30,6 +34,7 @@ from pytest_memo.parallel.protocol import (
     LogReport,
     Run,
     Stop,
+    Strayed,
 )
 from pytest_memo.parallel.replay import item_events, replay
 from pytest_memo.parallel.scheduler import Scheduler
@@ -50,15 +55,21 @@ class Controller:
         groups: Sequence[Sequence[int]] | None = None,
         spawn: bool = False,
         expected: Sequence[float] | None = None,
+        scheduler: Scheduler[WorkerProcess] | None = None,
     ) -> None:
         self.session = session
         self.config = session.config
         # Units of work: single items, or with --par-dist=scope whole modules/classes.
         units = groups if groups is not None else [[index] for index in order]
-        self.scheduler: Scheduler[WorkerProcess] = Scheduler(
+        self.scheduler: Scheduler[WorkerProcess] = scheduler or Scheduler(
             units, expected or [0.0] * len(session.items), workers
         )
-        self.timeout = timeout
+        self.timeout = timeout or None  # 0: none, as in pytest-timeout
+        # Per test: pytest-timeout's mark, unless pytest-timeout itself is there to honour it
+        # (in the worker, where the test runs).
+        self.marked_timeouts: dict[int, float | None] = {}
+        if not self.config.pluginmanager.hasplugin("timeout"):
+            self.marked_timeouts = _marked_timeouts(session.items)
         self.workers: list[WorkerProcess] = []
         self.readiness: Readiness[WorkerProcess] = Readiness()
         self.stopping = False
@@ -76,15 +87,18 @@ class Controller:
 
     def run(self) -> None:
         try:
-            with held_terminal_output(self.config) as output:
+            with held_terminal_output(self.config) as output, _sigterm_as_ctrl_c():
                 if self.spawner is None:
                     install_recorder(self.config)  # inherited by every forked worker
                 self._start_workers(self.scheduler.wanted)
                 self._dispatch()
                 while self.workers or self.unreported:
                     ready = self._ready_workers(output, block=not self.unreported)
-                    for worker in ready:
-                        self._receive(worker)
+                    if self._polls_exits:
+                        ready += [w for w in self.workers if w.has_exited() and w not in ready]
+                    for worker in dict.fromkeys(ready):  # (its pipe and its end, both ready)
+                        if worker in self.workers:
+                            self._receive(worker)
                     # One item at a time, so that workers asking for more are answered
                     # between reports, not after the whole backlog.
                     if self.unreported:
@@ -129,8 +143,17 @@ class Controller:
         while self.unreported:
             replay(self.config, self.unreported.popleft())
 
+    @property
+    def _polls_exits(self) -> bool:
+        """Whether the ends of workers are polled for, lacking a descriptor that tells."""
+        return any(worker.exit_watch is None for worker in self.workers)
+
     def _wait_time(self) -> float | None:
-        return None if self.timeout is None else min(1.0, self.timeout / 4)
+        limits = [limit for limit in (self.timeout, *self.marked_timeouts.values()) if limit]
+        wait = min([1.0, *(limit / 4 for limit in limits)]) if limits else None
+        if self._polls_exits or any(worker.timed_out for worker in self.workers):
+            wait = min(wait or 0.2, 0.2)
+        return wait
 
     def _dispatch(self) -> None:
         """Stop if -x or --maxfail say so; else top up the workers short of work (new
@@ -164,6 +187,17 @@ class Controller:
     # -- messages -------------------------------------------------------------
 
     def _receive(self, worker: WorkerProcess) -> None:
+        # Its end is known from the process, not only from the end of its pipe: a process
+        # that one of its tests forked may hold the pipe open.  First whether it ended,
+        # then whether a message waits: all it sent before it ended is there to read.
+        ended = worker.has_exited()
+        if not worker.results.poll():
+            if ended:
+                self._worker_gone(worker)
+            return
+        if ended:  # a message it was killed while writing must not block the read
+            with contextlib.suppress(OSError, ValueError):
+                os.set_blocking(worker.results.fileno(), False)
         try:
             message = worker.results.recv()
         except (EOFError, OSError):
@@ -189,6 +223,8 @@ class Controller:
                 self.stopped_by = message
                 self.scheduler.drop(worker)  # the stopping test, and those it would run next
                 self._stop_all()
+            case Strayed(index, pid):
+                self._report_stray(index, pid)
             case Bye(workeroutput):
                 worker.said_bye = True
                 self.config.hook.pytest_par_worker_output(
@@ -214,29 +250,40 @@ class Controller:
     def _add(self, worker: WorkerProcess) -> None:
         self.workers.append(worker)
         self.readiness.watch(worker.results, worker)
+        if worker.exit_watch is not None:
+            self.readiness.watch_descriptor(worker.exit_watch, worker)
         self.scheduler.worker_added(worker)
 
     def _worker_gone(self, worker: WorkerProcess) -> None:
         self.workers.remove(worker)
         self.readiness.forget(worker.results)
+        if worker.exit_watch is not None:
+            self.readiness.forget_descriptor(worker.exit_watch)
         held = self.scheduler.worker_gone(worker)
+        crashed = not worker.said_bye  # after a clean exit (Stop), unstarted items are dropped
+        if crashed:
+            worker.kill()  # what its tests started (its process group), before it is reaped
         worker.close_channels()
         status = worker.reap()
-        crashed = not worker.said_bye  # after a clean exit (Stop), unstarted items are dropped
         self._report_finished()  # what it finished, before what it was running
         if crashed and held:
-            self._report_crash(held[0], worker, status)
-            self.scheduler.requeue(held[1:])
+            rerun = self._report_crash(held[0], worker, status)
+            self.scheduler.requeue(held if rerun else held[1:])
         worker.close_output()
         if crashed and self.scheduler.pending and not self.stopping:
             self._start_workers(1)
 
-    def _report_crash(self, index: int, worker: WorkerProcess, status: str) -> None:
+    def _report_crash(self, index: int, worker: WorkerProcess, status: str) -> bool:
+        """Report the test that ``worker`` was running when it died; whether a plugin
+        (pytest-rerunfailures) asks for it to run again."""
         item = self.session.items[index]
         elapsed = time.monotonic() - worker.started
         if worker.timed_out:
-            limit = f"--par-timeout={self.timeout:g}"
-            why = f"timed out after {elapsed:.1f} s ({limit}); its worker was stopped"
+            limit = self._limit_text(index)
+            why = (
+                f"timed out after {elapsed:.1f} s ({limit}); its worker and the processes its "
+                "tests started were stopped (where each thread was: Captured stderr below)"
+            )
         else:
             why = f"crashed: its worker process {status}"
         report = pytest.TestReport(
@@ -249,20 +296,56 @@ class Controller:
             sections=worker.output_so_far(),
             duration=elapsed,
         )
+        # pytest-xdist's hook, by which pytest-rerunfailures reruns a crashed test.
+        rerun = _CrashedTest(self.config, item.nodeid)
+        handle_crash = getattr(self.config.hook, "pytest_handlecrashitem", None)
+        if handle_crash is not None:
+            handle_crash(crashitem=item.nodeid, report=report, sched=rerun)
+        replay(self.config, item_events(item, [report]))
+        return rerun.pending
+
+    def _report_stray(self, index: int, pid: int) -> None:
+        item = self.session.items[index]
+        report = pytest.TestReport(
+            nodeid=item.nodeid,
+            location=item.location,
+            keywords=dict.fromkeys(item.keywords, 1),
+            outcome="failed",
+            longrepr=(
+                f"{item.nodeid}: process {pid}, which this test forked (os.fork, or "
+                "multiprocessing with fork), returned into pytest instead of exiting; it was "
+                "stopped before it ran any more tests. End a forked child with os._exit()."
+            ),
+            when="teardown",
+            sections=[],
+            duration=0.0,
+        )
+        self._report_finished()
         replay(self.config, item_events(item, [report]))
 
+    def _limit(self, index: int) -> float | None:
+        """The time ``index`` may take: its timeout mark's, else --par-timeout's."""
+        return self.marked_timeouts.get(index, self.timeout) or None
+
+    def _limit_text(self, index: int) -> str:
+        if index in self.marked_timeouts:
+            return f"@pytest.mark.timeout({self.marked_timeouts[index]:g})"
+        return f"--par-timeout={self.timeout or 0:g}"
+
     def _enforce_timeout(self) -> None:
-        if self.timeout is None:
+        if self.timeout is None and not self.marked_timeouts:
             return
         now = time.monotonic()
         for worker in self.workers:
-            if (
-                self.scheduler.holds(worker)
-                and not worker.timed_out
-                and now - worker.started > self.timeout
-            ):
-                worker.timed_out = True
-                worker.kill()
+            held = self.scheduler.holds(worker)
+            if worker.timed_out:
+                # It was told to write its tracebacks and die; kill it if it did not.
+                if now - worker.timeout_signalled > DUMP_GRACE_SECONDS:
+                    worker.kill()
+                continue
+            limit = self._limit(held[0]) if held else None
+            if limit is not None and now - worker.started > limit:
+                worker.stop_for_timeout()
 
     def _kill_all(self) -> None:
         for worker in self.workers:
@@ -271,6 +354,59 @@ class Controller:
             worker.reap()
             worker.close_output()
         self.workers.clear()
+
+
+class _CrashedTest:
+    """What pytest-xdist's ``pytest_handlecrashitem`` hook gets as ``sched``: the run's
+    config, and ``mark_test_pending`` to run the crashed test again."""
+
+    def __init__(self, config: pytest.Config, nodeid: str) -> None:
+        self.config = config
+        self.nodeid = nodeid
+        self.pending = False
+
+    def mark_test_pending(self, nodeid: str) -> None:
+        if nodeid != self.nodeid:
+            raise NotImplementedError("only the crashed test can be run again")
+        self.pending = True
+
+
+def _marked_timeouts(items: Sequence[pytest.Item]) -> dict[int, float | None]:
+    """pytest-timeout's ``@pytest.mark.timeout(seconds)`` of each item that has it (0 and
+    None: no limit), read without pytest-timeout, which is not needed for it."""
+    limits: dict[int, float | None] = {}
+    for index, item in enumerate(items):
+        mark = item.get_closest_marker("timeout")
+        if mark is None:
+            continue
+        seconds = mark.kwargs.get("timeout", mark.args[0] if mark.args else None)
+        try:
+            limits[index] = float(seconds) if seconds is not None else None
+        except (TypeError, ValueError):
+            continue
+    return limits
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (sent by ``timeout``, CI runners, IDEs) ends the run as Ctrl-C does: the
+    workers and what their tests started are stopped and the summary says what ran."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):  # someone else's handler: theirs to keep
+        yield
+        return
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _passed(events: Sequence[Event]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -10,6 +11,8 @@ import pytest
 
 from pytest_memo.core.cpus import usable_cpus
 from pytest_memo.parallel import schedule, spawn
+from pytest_memo.parallel.scheduler import Scheduler
+from pytest_memo.pytest_compat import higher_scoped_params, tmp_path_factory
 from pytest_memo.timing.plugin import recorded_durations
 
 THREAD_LIMIT_VARIABLES = (
@@ -57,10 +60,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--par-dist",
         default="load",
-        choices=("load", "scope"),
+        choices=(*PAR_DIST_MODES, *XDIST_DIST_MODES),
         help="load: spread tests one by one (default); scope: keep each module and class "
-        "on one worker, so its fixtures are set up once",
+        "on one worker, so its fixtures are set up once; file: each module; "
+        "pytest-xdist's names are accepted too (loadscope, loadfile, loadgroup, worksteal)",
     )
+    if importlib.util.find_spec("xdist") is None:
+        # pytest-xdist's --dist, for suites whose options or habits carry it: with --par
+        # it names the same modes (pytest-xdist's own option when it is installed).
+        group.addoption(
+            "--dist",
+            dest="dist",
+            default="no",
+            choices=("no", *XDIST_DIST_MODES),
+            help="with --par: as --par-dist (pytest-xdist's names)",
+        )
     group.addoption(
         "--par-start",
         default="auto",
@@ -79,12 +93,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("par_mode", "process or thread", default="process")
     parser.addini(
         "par_serial",
-        "in thread mode, tests (node id patterns) that must run alone",
+        "tests (node id patterns) that must run while no other test runs, as if marked serial",
         type="linelist",
     )
 
 
+# --par-dist's own modes, and pytest-xdist's --dist modes as the ones they amount to
+# (xdist_group marks are honoured in every mode, so "loadgroup" is "load").
+PAR_DIST_MODES = ("load", "scope", "file")
+XDIST_DIST_MODES = {"load": "load", "loadscope": "scope", "loadfile": "file"} | {
+    "loadgroup": "load",
+    "worksteal": "load",
+}
+
+
 def worker_count(config: pytest.Config) -> int:
+    if hasattr(config, "workerinput"):
+        return 0  # a pytest-xdist worker: xdist distributes this run
     text = config.getoption("par") or config.getini("par") or "0"
     return _workers(str(text).strip())
 
@@ -107,20 +132,26 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Here, not when the run starts: warnings of collection time reach the summary.
     if worker_count(session.config) > 1 and _mode(session.config) == "thread":
-        from pytest_memo.parallel.threads import warn_of_replaced_protocols
+        from pytest_memo.parallel.threads import check_plugins
 
-        warn_of_replaced_protocols(session.config)
+        check_plugins(session)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "serial: in --par thread mode, run this test alone")
+    config.addinivalue_line("markers", "serial: with --par, run this test while no other test runs")
+    if not any(config.pluginmanager.has_plugin(name) for name in ("xdist", "xdist.plugin")):
+        config.addinivalue_line(
+            "markers",
+            "xdist_group(name): with --par, run the tests of one group on one worker, "
+            "in order (as pytest-xdist's --dist loadgroup)",
+        )
     workers = worker_count(config)
+    _warn_of_idle_options(config, workers)
     if workers <= 1:
         return
-    if getattr(config.option, "numprocesses", None) or getattr(config.option, "dist", "no") != "no":
-        raise pytest.UsageError(
-            "--par and pytest-xdist's -n/--dist both distribute tests: use one of them"
-        )
+    _settle_xdist_options(config)
+    if worker_count(config) <= 1:
+        return
     if config.getoption("par_timeout") and _mode(config) == "thread":
         raise pytest.UsageError(
             "--par-timeout needs --par-mode=process: a test running in a thread cannot be stopped"
@@ -131,6 +162,58 @@ def pytest_configure(config: pytest.Config) -> None:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"--par: running serially, as {reason}"), stacklevel=2
         )
+
+
+# Options of process workers, with their defaults: given otherwise, they do something
+# only with --par, and only in process mode (--par-mode only with --par).
+PROCESS_OPTIONS = {"par_dist": "load", "par_start": "auto", "par_timeout": None}
+
+
+def _warn_of_idle_options(config: pytest.Config, workers: int) -> None:
+    """Say which --par-* options given have no effect in this run."""
+    if spawn.is_spawned_worker():
+        return  # run with --par=0 and the main process's options: they are not idle there
+    given = {
+        name: value
+        for name, default in {"par_mode": None, **PROCESS_OPTIONS}.items()
+        if (value := config.getoption(name)) != default
+    }
+    if workers <= 1:
+        idle, why = list(given), "without --par=N (N > 1) the run is serial"
+    elif _mode(config) == "thread":
+        idle, why = [name for name in given if name in PROCESS_OPTIONS], "in thread mode"
+        idle = [name for name in idle if name != "par_timeout"]  # a usage error, below
+    else:
+        return
+    for name in idle:
+        option = "--" + name.replace("_", "-")
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(f"{option}={given[name]} has no effect: {why}"),
+            stacklevel=2,
+        )
+
+
+def _settle_xdist_options(config: pytest.Config) -> None:
+    """pytest-xdist's -n on the command line beats an ini file's ``par`` (pytest-xdist
+    runs, --par does not); with --par itself, it is a usage error.  xdist's --dist,
+    given with --par and no -n, chooses --par-dist's mode."""
+    if getattr(config.option, "numprocesses", None):
+        if config.getoption("par") is None:
+            config.option.par = "0"
+            return
+        raise pytest.UsageError(
+            "--par and pytest-xdist's -n both distribute tests: use one of them"
+        )
+    dist = getattr(config.option, "dist", "no")
+    if dist in (None, "no"):
+        return
+    if dist not in XDIST_DIST_MODES:
+        raise pytest.UsageError(
+            f"--dist {dist} has no --par equivalent; --par distributes with "
+            f"--par-dist={'/'.join(PAR_DIST_MODES)} (or --dist "
+            f"{'/'.join(XDIST_DIST_MODES)})"
+        )
+    config.option.par_dist = XDIST_DIST_MODES[dist]
 
 
 def _needs_serial_run(config: pytest.Config) -> str | None:
@@ -165,34 +248,22 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         return None  # pytest's own loop reports collection errors and runs serially
     recorded = recorded_durations(config)
     expected = [recorded.get(item.nodeid, 0.0) for item in session.items]
+    given = _order_is_given(config)
     order = schedule.order(
-        session.items, expected, keep_order=_order_is_given(config), workers=workers
+        session.items,
+        expected,
+        keep_order=given is not None,
+        workers=workers,
+        long_first=given == "shuffled",
     )
     _make_basetemp_once(session)
-    if _mode(config) == "thread":
-        from pytest_memo.parallel.threads import ThreadRunner
+    from pytest_memo.parallel.once import set_up_in_main_process
 
-        runner = ThreadRunner(session, workers, order)
-        config.stash[RAN_ALONE] = (len(runner.alone_for_process_state), len(order))
-        runner.run()
-    else:
-        from pytest_memo.parallel.controller import Controller
-
-        groups = (
-            schedule.scope_groups(session.items, order)
-            if config.getoption("par_dist") == "scope"
-            else None
-        )
-        controller = Controller(
-            session,
-            workers,
-            order,
-            timeout=config.getoption("par_timeout"),
-            groups=groups,
-            spawn=_use_spawn(config),
-            expected=expected,
-        )
-        controller.run()
+    shared_fixtures_done = set_up_in_main_process(session)
+    try:
+        _run_in_parallel(session, workers, order, expected, given)
+    finally:
+        shared_fixtures_done()
     if session.shouldfail:
         raise session.Failed(session.shouldfail)
     if session.shouldstop:
@@ -200,17 +271,41 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     return True
 
 
-RAN_ALONE = pytest.StashKey[tuple[int, int]]()  # thread mode: (run alone, all tests)
+def _run_in_parallel(
+    session: pytest.Session,
+    workers: int,
+    order: list[int],
+    expected: list[float],
+    given: str | None,
+) -> None:
+    config = session.config
+    if _mode(config) == "thread":
+        from pytest_memo.parallel.threads import ThreadRunner
+
+        runner = ThreadRunner(session, workers, order)
+        config.stash[RAN_ALONE] = runner.alone_summary()
+        runner.run()
+    else:
+        from pytest_memo.parallel.controller import Controller
+
+        controller = Controller(
+            session,
+            workers,
+            order,
+            timeout=config.getoption("par_timeout"),
+            spawn=_use_spawn(config),
+            expected=expected,
+            scheduler=_scheduler(session, workers, order, expected, given),
+        )
+        controller.run()
+
+
+RAN_ALONE = pytest.StashKey[str]()  # thread mode: the line on the tests that ran alone
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    alone, total = config.stash.get(RAN_ALONE, (0, 0))
-    if alone:
-        terminalreporter.write_line(
-            f"par: {alone} of {total} tests ran alone in thread mode: doctests, or tests "
-            "using capsys, capfd, caplog, recwarn or monkeypatch, which change what all "
-            "threads share (process mode runs them in parallel)"
-        )
+    if ran_alone := config.stash.get(RAN_ALONE, ""):
+        terminalreporter.write_line(ran_alone)
 
 
 TEMPORARY_DIRECTORY_FIXTURES = frozenset(
@@ -226,7 +321,7 @@ def _make_basetemp_once(session: pytest.Session) -> None:
     --basetemp each worker would empty the directory that the others' tests were using.
     Spawned workers each get a directory of their own inside it, as --basetemp.
     """
-    factory = getattr(session.config, "_tmp_path_factory", None)  # pytest's tmp_path plugin
+    factory = tmp_path_factory(session.config)
     if factory is None:
         return
     used = any(
@@ -245,8 +340,42 @@ def _use_spawn(config: pytest.Config) -> bool:
     return bool(start == "spawn")
 
 
-def _order_is_given(config: pytest.Config) -> bool:
-    """--ff, --nf and --sw choose the order themselves; keep it."""
-    return any(
-        getattr(config.option, name, False) for name in ("failedfirst", "newfirst", "stepwise")
+def _scheduler(
+    session: pytest.Session,
+    workers: int,
+    order: list[int],
+    expected: list[float],
+    given: str | None,
+) -> Scheduler[Any]:
+    """The process runner's scheduler: ``xdist_group`` groups and --par-dist's scopes
+    kept together, tests marked ``serial`` alone, and lanes of the tests sharing the
+    parameters of fixtures wider than a test (pytest orders them so)."""
+    config = session.config
+    items = session.items
+    patterns = config.getini("par_serial")
+    alone = [index for index, item in enumerate(items) if schedule.marked_serial(item, patterns)]
+    keys = [higher_scoped_params(item) for item in items]
+    dist = str(config.getoption("par_dist"))
+    groups = [schedule.group_name(item) for item in items]
+    units = schedule.units(items, order, XDIST_DIST_MODES.get(dist, dist), groups, keys, alone)
+    return Scheduler(
+        units,
+        expected,
+        workers,
+        keys=keys,
+        alone=alone,
+        in_order=given is not None,
+        long_first=given != "exact",
     )
+
+
+def _order_is_given(config: pytest.Config) -> str | None:
+    """Whether the order is chosen by a plugin: "exact" for --ff, --nf and --sw (kept as
+    it is), "shuffled" for pytest-randomly (kept, but long tests first); else None."""
+    if any(getattr(config.option, name, False) for name in ("failedfirst", "newfirst", "stepwise")):
+        return "exact"
+    if config.pluginmanager.has_plugin("randomly") and config.getoption(
+        "randomly_reorganize", True
+    ):
+        return "shuffled"
+    return None

@@ -32,6 +32,7 @@ __all__ = [
     "LogStart",
     "Run",
     "Stop",
+    "Strayed",
     "SuiteProperty",
     "ToWorker",
     "WarningEvent",
@@ -139,7 +140,15 @@ class Bye(NamedTuple):
     workeroutput: dict[str, Any]
 
 
-FromWorker = ItemDone | Exited | Interrupted | Bye
+class Strayed(NamedTuple):
+    """Process ``pid``, forked by the test ``item``, returned into pytest instead of
+    exiting (it sends this, and exits, before it runs anything more)."""
+
+    item: int
+    pid: int
+
+
+FromWorker = ItemDone | Exited | Interrupted | Bye | Strayed
 
 
 def _reduce(message: tuple[Any, ...]) -> tuple[type, tuple[Any, ...]]:
@@ -150,6 +159,6 @@ def _reduce(message: tuple[Any, ...]) -> tuple[type, tuple[Any, ...]]:
 # NamedTuple (copyreg's __newobj__ protocol), which a worker pays for every test's events.
 for _message_type in (
     LogStart, LogReport, LogFinish, WarningEvent, SuiteProperty, Run, End, Stop, Hello,
-    ItemDone, Exited, Interrupted, Bye,
+    ItemDone, Exited, Interrupted, Bye, Strayed,
 ):  # fmt: skip
     _message_type.__reduce__ = _reduce  # type: ignore[assignment,method-assign]

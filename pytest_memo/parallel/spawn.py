@@ -93,7 +93,11 @@ class SpawnedWorkers:
                 paths = os.pathsep.join(file.name for file in output)
                 environment = {**environment, OUTPUT_VARIABLE: paths}
             process = subprocess.Popen(
-                self._worker_command(), cwd=self._directory, env=environment, stdout=self._output
+                self._worker_command(),
+                cwd=self._directory,
+                env=environment,
+                stdout=self._output,
+                start_new_session=True,  # a process group of its own, killed as one (hangs)
             )
             processes.append(process)
             outputs[process.pid] = output
@@ -158,8 +162,10 @@ def serve(session: pytest.Session) -> None:
     """In a spawned worker: connect, prove the collection, serve until told to stop."""
     from multiprocessing.connection import Client
 
+    from pytest_memo.parallel.processes import die_with_parent
     from pytest_memo.parallel.worker import run_worker
 
+    die_with_parent(os.getppid())  # (hangs: a worker dies with the main process)
     host, _, port = os.environ.pop(ADDRESS_VARIABLE).rpartition(":")
     key = os.environ.pop(KEY_VARIABLE)
     connection = Client((host, int(port)), authkey=bytes.fromhex(key))

@@ -7,6 +7,7 @@ replays them through the hooks of the main process.  Nothing is printed here.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from pytest_memo.parallel.protocol import (
     LogStart,
     Run,
     Stop,
+    Strayed,
     SuiteProperty,
 )
 from pytest_memo.parallel.replay import warning_event
@@ -144,13 +146,9 @@ def run_worker(
     ``coverage``: coverage.py's measurement, to record this worker's part of.
     """
     code = 0
+    parent = os.getppid()
     try:
-        # The controller handles Ctrl-C.  A handler that does nothing rather than SIG_IGN:
-        # an ignored signal stays ignored across exec, so programs the tests start would
-        # not stop on Ctrl-C as they do in a serial run.
-        signal.signal(signal.SIGINT, _leave_to_the_controller)
-        if hasattr(signal, "pthread_sigmask"):  # held back by the controller around fork
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        _take_signals_as_a_serial_run_does()
         config = session.config
         for name in MAIN_ONLY_PLUGINS:
             plugin = config.pluginmanager.get_plugin(name)
@@ -161,21 +159,24 @@ def run_worker(
         writer = TerminalWriter(_CurrentStdout())  # type: ignore[arg-type]
         config.get_terminal_writer = lambda: writer  # type: ignore[method-assign]
         _own_capture_files(config, output)
+        _dump_tracebacks_on_timeout(output)
+        _count_reruns_in_the_main_process(config)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
         _leave_reporting_to_the_main_process(config, recorder)
         _record_suite_properties(config, recorder)
         if coverage is not None:
             coverage.record_this_worker()
-        _loop(session, commands, results, recorder)
+        _loop(session, commands, results, recorder, parent)
         if coverage is not None:
             coverage.save_this_worker()
         workeroutput: dict[str, Any] = {}
         config.hook.pytest_par_worker_finished(config=config, workeroutput=workeroutput)
         results.send(Bye(workeroutput))
-    except BaseException:  # say what broke, then leave without running the parent's cleanup
+    except BaseException as error:  # say what broke; leave without the parent's cleanup
         code = 70
-        traceback.print_exc()
+        if not (isinstance(error, (EOFError, OSError)) and os.getppid() != parent):
+            traceback.print_exc()  # (a worker whose main process died leaves quietly)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -244,8 +245,66 @@ class _CurrentStdout:
         return False
 
 
-def _leave_to_the_controller(signum: int, frame: object) -> None:
-    """SIGINT in a worker: nothing to do here, the controller stops every worker."""
+# -- signals and stray processes (keep this block: the runner's hang handling) ------------
+
+
+def _take_signals_as_a_serial_run_does() -> None:
+    """SIGINT raises KeyboardInterrupt, as in a serial run: a worker leads a process group
+    of its own, so Ctrl-C at the terminal reaches only the main process, which stops the
+    workers; a SIGINT a worker gets comes from its tests.  SIGTERM kills, as by default
+    (the main process's handler, which ends the run, is inherited through fork)."""
+    if hasattr(signal, "pthread_sigmask"):  # held back by the controller around fork
+        # A Ctrl-C that reached the worker before it left the terminal's process group
+        # is the main process's to handle: drop it, then take SIGINT as pytest does.
+        signal.signal(signal.SIGINT, _ignore_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Out of the terminal's foreground group, reading the terminal would stop the worker.
+    if os.isatty(0):
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A SIGINT pending from before the worker had its own process group."""
+
+
+def _dump_tracebacks_on_timeout(output: CaptureFiles | None) -> None:
+    """On the controller's timeout signal, write every thread's traceback where the test's
+    stderr goes (its capture file, which the timeout report shows), then die."""
+    from pytest_memo.parallel.processes import DUMP_SIGNAL
+
+    stream = output[1] if output is not None else sys.__stderr__
+    if stream is None or DUMP_SIGNAL == signal.SIGTERM:
+        return
+    faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=True)
+
+
+def _count_reruns_in_the_main_process(config: pytest.Config) -> None:
+    """pytest-rerunfailures decides in the main process whether to rerun a test whose
+    worker crashed, from what workers tell its server there (as xdist workers do): a
+    forked worker inherited the server itself, so connect to it instead."""
+    server: Any = getattr(config, "failures_db", None)
+    if type(server).__name__ != "ServerStatusDB":
+        return
+    try:
+        import importlib
+
+        client = importlib.import_module("pytest_rerunfailures").ClientStatusDB
+        setattr(config, "failures_db", client(server.sock_port, server.token))  # noqa: B010
+    except Exception:  # another version: crashed tests are not rerun, as before
+        return
+
+
+def _stray(index: int, results: MessageChannel) -> None:
+    """In a process that a test forked and that returned into pytest instead of exiting:
+    tell the controller, which reports it, and leave before it runs anything more."""
+    try:
+        results.send(Strayed(index, os.getpid()))
+    finally:
+        os._exit(70)
 
 
 def _own_capture_files(config: pytest.Config, output: CaptureFiles | None) -> None:
@@ -274,8 +333,10 @@ def _loop(
     commands: MessageChannel,
     results: MessageChannel,
     recorder: _EventRecorder,
+    parent: int,
 ) -> None:
     items = session.items
+    me = os.getpid()
     queue: deque[int] = deque()
     ended = False
     while True:
@@ -290,18 +351,24 @@ def _loop(
                 case Stop():
                     queue.clear()
                     ended = True
-        if not queue:
+        if not queue or os.getppid() != parent:  # (the main process is gone)
             break
         index = queue.popleft()
         nextitem = items[queue[0]] if queue else None
         try:
             items[index].config.hook.pytest_runtest_protocol(item=items[index], nextitem=nextitem)
         except pytest.exit.Exception as stop:
+            if os.getpid() != me:
+                _stray(index, results)
             results.send(Exited(index, stop.msg, stop.returncode))
             break
         except KeyboardInterrupt:
+            if os.getpid() != me:
+                _stray(index, results)
             results.send(Interrupted(index))
             break
+        if os.getpid() != me:
+            _stray(index, results)
         results.send(ItemDone(index, recorder.take()))
     # After a stop, fixtures of wider scopes may still be set up: finalize them.
     setup_state(session).teardown_exact(None)

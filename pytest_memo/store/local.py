@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import hmac
 import io
 import os
 import pickletools
@@ -46,13 +44,14 @@ from pytest_memo.core.files import (
     writer_gone,
 )
 from pytest_memo.store.location import LAYOUT
+from pytest_memo.store.signing import Hasher, HmacSigning, Signing
 
 if TYPE_CHECKING:
     import sqlite3
 
     import filelock
 
-__all__ = ["Entry", "EntryInfo", "Store", "StoreRepairWarning"]
+__all__ = ["Entry", "EntryInfo", "Store", "StoreRepairWarning", "UntrustedEntryError"]
 
 T = TypeVar("T")
 
@@ -105,6 +104,10 @@ class StoreRepairWarning(UserWarning):
     """The store found damage (its index, its directories, an entry) and repaired it."""
 
 
+class UntrustedEntryError(CorruptFileError):
+    """An entry that is not signed by someone the store trusts: never unpickled."""
+
+
 class _DamagedIndex(Exception):
     """The index file cannot be used as it is: it is rebuilt from the entry files."""
 
@@ -152,16 +155,23 @@ class Listing:
 class Store:
     """A directory of memoized values.  Every method is safe to call from several processes."""
 
-    def __init__(self, root: Path, secret: bytes | None = None, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        secret: bytes | None = None,
+        signing: Signing | None = None,
+        read_only: bool = False,
+    ) -> None:
         self.root = root
         # Read-only: entries are read and nothing is written (no entries, index, locks or
         # hit counts), on purpose (--memo-read-only) or because the store cannot be
         # written (see became_read_only).
         self.read_only = read_only
         self._read_only_reported = False
-        # With a secret, entries are signed (HMAC-SHA256 over the key and the file) and an
-        # entry without a valid signature is never unpickled: loading a pickle runs code.
-        self.secret = secret
+        # With a secret (HMAC-SHA256) or Ed25519 keys, entries are signed over their key and
+        # file, and an entry without a valid signature is never unpickled: loading a pickle
+        # runs code.  See pytest_memo.store.signing.
+        self.signing: Signing | None = signing or (HmacSigning(secret) if secret else None)
         self.base = root / LAYOUT
         self._local = threading.local()
         # Every index connection this object opened, with the process that opened it:
@@ -272,6 +282,12 @@ class Store:
             self._reported.add(message)
             warnings.warn(StoreRepairWarning(f"pytest-memo: {message}"), stacklevel=3)
 
+    @property
+    def keeps_computed(self) -> bool:
+        """Whether values computed here are stored: not by a job that can verify signed
+        entries but not sign them (Ed25519 trusted keys without the signing key)."""
+        return self.signing is None or self.signing.can_sign
+
     # -- entries --------------------------------------------------------------
 
     def _open_entry(self, path: Path) -> int | None:
@@ -307,7 +323,7 @@ class Store:
             return None
         with open(handle, "rb", buffering=0) as file:
             file.name = str(path)  # for messages: not the descriptor number
-            if self.secret is not None:
+            if self.signing is not None:
                 info, value = self._load_verified(key, path, file, mmap)
             else:
                 # Mapped arrays are checked once per process for each file (checking
@@ -331,26 +347,26 @@ class Store:
 
     # -- signatures -----------------------------------------------------------
     #
-    # A signature file holds the HMAC of the key and the whole entry file and, for an
+    # A signature file holds the signature (an HMAC with PYTEST_MEMO_SECRET, Ed25519 with
+    # keys: see pytest_memo.store.signing) of the key and the whole entry file and, for an
     # uncompressed entry, a second one of the parts that loading parses and unpickles
     # (everything but the array sections, which are memory-mapped).  What is unpickled
     # is always bytes held in memory that were verified on that very read: an entry
     # rewritten in place after it was verified is refused, whatever its inode and time.
 
-    def _mac(self, key: str, *parts: bytes | memoryview) -> str:
-        assert self.secret is not None
-        mac = hmac.new(self.secret, key.encode(), hashlib.sha256)
+    def _hasher(self, key: str, *parts: bytes | memoryview) -> Hasher:
+        assert self.signing is not None
+        hasher = self.signing.start(key)
         for part in parts:
-            mac.update(part)
-        return mac.hexdigest()
+            hasher.update(part)
+        return hasher
 
-    def _file_mac(self, key: str, file: IO[bytes]) -> str:
-        assert self.secret is not None
-        mac = hmac.new(self.secret, key.encode(), hashlib.sha256)
+    def _file_hasher(self, key: str, file: IO[bytes]) -> Hasher:
+        hasher = self._hasher(key)
         file.seek(0)
         while block := file.read(1 << 20):
-            mac.update(block)
-        return mac.hexdigest()
+            hasher.update(block)
+        return hasher
 
     def _head(self, file: BinaryIO, path: Path) -> tuple[int, int, bytes, bytes] | None:
         """(first array offset, metadata offset, the bytes before, the bytes from) of an
@@ -364,36 +380,37 @@ class Store:
         first, meta = layout
         return first, meta, os.pread(file.fileno(), first, 0), _read_from(file, meta)
 
-    def _head_mac(self, key: str, first: int, meta: int, before: bytes, after: bytes) -> str:
+    def _head_hasher(self, key: str, first: int, meta: int, before: bytes, after: bytes) -> Hasher:
         lengths = f"\0{first}:{meta}:{len(after)}\0".encode()
-        return self._mac(key, lengths, before, after)
+        return self._hasher(key, lengths, before, after)
 
     def _signature_text(self, key: str, file: BinaryIO, path: Path) -> str:
-        text = self._file_mac(key, file)
+        assert self.signing is not None
+        text = self.signing.seal(self._file_hasher(key, file))
         head = self._head(file, path)
         if head is not None:
-            text += " " + self._head_mac(key, *head)
+            text += " " + self.signing.seal(self._head_hasher(key, *head))
         return text
 
     def _expected_signature(self, path: Path) -> list[str]:
+        assert self.signing is not None
         sig = path.with_suffix(".sig")
         try:
             handle = open_regular(sig)
         except FileNotFoundError:
-            raise CorruptFileError(
-                f"{path}: not signed, and PYTEST_MEMO_SECRET is set: it was not written with "
-                "this secret, so it is not loaded"
+            raise UntrustedEntryError(
+                f"{path}: not signed, and {self.signing.requirement}"
             ) from None
         except NotRegularFileError as error:
             raise CorruptFileError(f"{sig}: {error.kind} in the place of a signature") from None
         with open(handle, "rb") as file:
             return file.read(1024).decode("ascii", "replace").split()
 
-    def _mismatch(self, path: Path) -> CorruptFileError:
-        return CorruptFileError(
-            f"{path}: its signature does not match PYTEST_MEMO_SECRET (signed with another "
-            "secret, or modified since): it is not loaded"
-        )
+    def _check(self, path: Path, token: str, hasher: Hasher) -> None:
+        assert self.signing is not None
+        reason = self.signing.check(token, hasher)
+        if reason is not None:
+            raise UntrustedEntryError(f"{path}: {reason}")
 
     def _load_verified(self, key: str, path: Path, file: BinaryIO, mmap: bool) -> Any:
         from pytest_memo.core.serialize import load
@@ -402,28 +419,29 @@ class Store:
         if mmap and len(expected) == 2:
             head = self._head(file, path)
             if head is not None:
-                if not hmac.compare_digest(expected[1], self._head_mac(key, *head)):
-                    raise self._mismatch(path)
+                self._check(path, expected[1], self._head_hasher(key, *head))
                 first_sight = self._first_sight(file)
-                if first_sight and not hmac.compare_digest(expected[0], self._file_mac(key, file)):
-                    raise self._mismatch(path)
+                if first_sight:
+                    self._check(path, expected[0], self._file_hasher(key, file))
                 verified = _VerifiedFile(file, head)
                 return load(verified, mmap_mode="r", verify=first_sight)  # type: ignore[arg-type]
         # Read once into memory; verify and load those very bytes.
         file.seek(0)
         data = _read_from(file, 0)
-        if not expected or not hmac.compare_digest(expected[0], self._mac(key, data)):
-            raise self._mismatch(path)
+        self._check(path, expected[0] if expected else "", self._hasher(key, data))
         return load(io.BytesIO(data))
 
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
-        """Store ``value`` atomically (and its signature, with a secret); returns its size.
+        """Store ``value`` atomically (and its signature, with a secret); returns its size
+        (0 when nothing is stored: see :attr:`keeps_computed`).
 
         The temporary file is written in ``tmp/``, named after its writer: if the writer
         is killed, a later run sees that and removes it."""
         from pytest_memo.core.serialize import dump  # here: it imports numpy
 
         self._writable()
+        if not self.keeps_computed:
+            return 0
         path = self.entry_path(key)
         self._entry_directory(path.parent)
         try:
@@ -435,7 +453,7 @@ class Store:
             with open(handle, "w+b") as file:
                 size = dump((asdict(info), value), file, compress=compress)
                 file.flush()
-                signature = None if self.secret is None else self._signature_text(key, file, path)
+                signature = None if self.signing is None else self._signature_text(key, file, path)
             if signature is not None:
                 write_atomically(path.with_suffix(".sig"), signature, self.base / TEMPORARY)
             self._replace(temporary, path)

@@ -31,8 +31,10 @@ import hashlib
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,9 @@ from pytest_memo.store.local import (
     EntryInfo,
     Store,
     mark_cache_directory,
-    secret_from_environment,
 )
 from pytest_memo.store.location import DEFAULT_DIRECTORY, LAYOUT, local_directory
+from pytest_memo.store.signing import Signing, from_environment
 
 __all__ = ["RemoteStore", "local_cache", "open_filesystem", "remote_store"]
 
@@ -70,6 +72,12 @@ EXTRAS = {
 S3_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1}}
 S3_RETRIES = 1
 WORKER_INPUT = "pytest_memo_remote_off"  # xdist: the main process gave the remote up
+# --memo-prune on a remote store: entries no run used (hit or stored) for this long go.
+DEFAULT_PRUNE_GRACE = "7d"
+# Object timestamps are whole seconds (S3's LastModified): an entry is only old enough to
+# prune if it is older than the cutoff by this much more.
+TIMESTAMP_SLACK = 2.0
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def local_cache(rootdir: Path, url: str) -> Path:
@@ -89,8 +97,9 @@ class RemoteStore(Store):
         storage_options: dict[str, Any] | None = None,
         secret: bytes | None = None,
         warn: Callable[[str], None] | None = None,
+        signing: Signing | None = None,
     ) -> None:
-        super().__init__(root, secret=secret)
+        super().__init__(root, secret=secret, signing=signing)
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
         self._warn = warn or _warn
@@ -100,6 +109,13 @@ class RemoteStore(Store):
         self._uploads_off = False  # read-only access: entries are read, never uploaded
         self._remote_lock = threading.Lock()
         self._probed_pid: int | None = None
+        # Remote pruning: when this run started (the grace period is counted back from
+        # then), the keys whose use this process recorded, how many the last prune removed.
+        self._started = time.monotonic()
+        self._marked: set[str] = set()
+        self._marks_off = False
+        self.prune_grace = parse_duration(DEFAULT_PRUNE_GRACE)
+        self.remote_pruned: int | None = None
 
     # -- the remote -----------------------------------------------------------
 
@@ -143,14 +159,19 @@ class RemoteStore(Store):
     def remote_path(self, key: str, suffix: str = ".memo") -> str:
         return f"{self._path}/{LAYOUT}/entries/{key[:2]}/{key}{suffix}"
 
+    def used_path(self, key: str) -> str:
+        """The marker of the entry's last use: an empty object rewritten by each run that
+        uses the entry, whose modification time :meth:`prune` reads."""
+        return f"{self._path}/{LAYOUT}/used/{key[:2]}/{key}"
+
     def _atomic_put(self) -> bool:
         protocols = self.fs.protocol
         protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
         return not ATOMIC_PUT_PROTOCOLS.isdisjoint(protocols)
 
     def _sidecars(self) -> list[str]:
-        """Suffixes of the files that travel with an entry: its signature, with a secret."""
-        return [".sig"] if self.secret is not None else []
+        """Suffixes of the files that travel with an entry: its signature, when signed."""
+        return [".sig"] if self.signing is not None else []
 
     def prepare(self) -> None:
         """Create the local cache; then, once per process, check that the remote answers,
@@ -185,7 +206,8 @@ class RemoteStore(Store):
         try:
             return super().read(key, mmap=mmap)
         except CorruptFileError as error:
-            raise CorruptFileError(f"{error} (downloaded from {self.url})") from None
+            # The same kind of error (UntrustedEntryError: refused, not damaged), located.
+            raise type(error)(f"{error} (downloaded from {self.url})") from None
 
     def _download(self, key: str) -> bool:
         """Bring the remote entry into the local cache; False if there is none (or no remote)."""
@@ -226,9 +248,37 @@ class RemoteStore(Store):
             for temporary, _ in downloaded:
                 Path(temporary).unlink(missing_ok=True)
 
+    def note_hit(self, entry: Entry) -> None:
+        super().note_hit(entry)
+        self._mark_used(entry.key)
+
+    def _mark_used(self, key: str) -> None:
+        """Record in the remote that this run used the entry (once per process and key):
+        a remote --memo-prune keeps what any run used within its grace period."""
+        if (
+            key in self._marked
+            or self._marks_off
+            or self._uploads_off
+            or self.read_only  # --memo-read-only: no last-use updates, here or there
+            or not self.remote_usable
+        ):
+            return
+        self._marked.add(key)
+        path = self.used_path(key)
+        try:
+            if not self._atomic_put():
+                self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+            self.fs.pipe_file(path, b"")
+        except PermissionError:
+            # Read-only credentials (pull requests): their use goes unrecorded, quietly;
+            # entries are still read.
+            self._marks_off = True
+        except Exception as error:
+            self._give_up(error)
+
     def write(self, key: str, info: EntryInfo, value: Any, compress: object = None) -> int:
         size = super().write(key, info, value, compress=compress)
-        if self.remote_usable and not self._uploads_off:
+        if self.remote_usable and not self._uploads_off and self.keeps_computed:
             self._upload(key)
         return size
 
@@ -260,6 +310,96 @@ class RemoteStore(Store):
                 fs.rm(temporary)
             raise
 
+    # -- pruning --------------------------------------------------------------
+
+    def prune(
+        self,
+        used_keys: set[str],
+        used_slots: set[str],
+        everything: bool,
+        project: str | None = None,
+    ) -> int:
+        """Prune the local cache (see :meth:`Store.prune`), then the remote: remove its
+        entries that no run, here or elsewhere, used within :attr:`prune_grace` before this
+        run started (their count is left in :attr:`remote_pruned`).  The remote part goes
+        by time alone, whatever project wrote the entries."""
+        count = super().prune(used_keys, used_slots, everything, project)
+        self.remote_pruned = None
+        if self.remote_usable:
+            try:
+                self.remote_pruned = self._prune_remote(used_keys)
+            except Exception as error:
+                self._warn(
+                    f"cannot prune the remote store {self.url} ({_describe(error)}); its "
+                    "entries are kept"
+                )
+        return count
+
+    def _server_now(self) -> float:
+        """The remote's clock (what object times are measured by), read from the time of
+        an object written now: this machine's clock may be off."""
+        probe = f"{self._path}/{LAYOUT}/clock/{uuid.uuid4().hex}"
+        if not self._atomic_put():
+            self.fs.makedirs(probe.rpartition("/")[0], exist_ok=True)
+        self.fs.pipe_file(probe, b"")
+        try:
+            now = _modified(self.fs.info(probe))
+        finally:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(probe)
+        if now is None:
+            raise OSError(f"{self.url} gives objects no modification time")
+        return now
+
+    def _last_uses(self) -> tuple[dict[str, float], dict[str, list[str]]]:
+        """For each key in the remote: its last use (its entry written, or a run using it),
+        and its objects (entry, signature, marker)."""
+        base = f"{self._path}/{LAYOUT}"
+        last: dict[str, float] = {}
+        objects: dict[str, list[str]] = {}
+        for folder in ("entries", "used"):
+            try:
+                found = self.fs.find(f"{base}/{folder}", detail=True)
+            except FileNotFoundError:
+                continue
+            for path, info in found.items():
+                name = path.rpartition("/")[2]
+                if folder == "entries":
+                    # ab/<key>.memo, ab/<key>.sig; ab/.<key>.memo.<hex>.tmp (an upload)
+                    name = name.lstrip(".").split(".", 1)[0]
+                modified = _modified(info)
+                # No time: treated as used now, so never pruned.
+                last[name] = max(last.get(name, 0.0), modified or float("inf"))
+                objects.setdefault(name, []).append(path)
+        return last, objects
+
+    def _prune_remote(self, used_keys: set[str]) -> int:
+        """Remove the remote's entries last used before the cutoff; returns how many.
+
+        Safe with jobs running meanwhile: the cutoff is the start of this run less the
+        grace period, so whatever another job wrote or used since is kept.  (A use between
+        the listing and the removal, a fraction of a second, is lost: that entry is then
+        computed again by the next run that needs it.)"""
+        cutoff = (
+            self._server_now()
+            - (time.monotonic() - self._started)
+            - self.prune_grace
+            - TIMESTAMP_SLACK
+        )
+        last, objects = self._last_uses()
+        doomed = {key for key, when in last.items() if when < cutoff and key not in used_keys}
+        # Entries first (a reader finds an entry with its signature, or nothing), markers
+        # last: a failure half-way leaves what remains prunable next time.
+        paths = sorted(
+            (path for key in doomed for path in objects.get(key, [])),
+            key=lambda path: (not path.endswith(".memo"), "/used/" in path),
+        )
+        removed = sum(1 for path in paths if path.endswith(".memo"))
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(path)
+        return removed
+
     def clear(self, fixture: str | None = None) -> int:
         """Remove every entry (or a fixture's), here and in the remote.
 
@@ -275,12 +415,45 @@ class RemoteStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm(f"{self._path}/{LAYOUT}", recursive=True)
             for key in doomed:
-                for suffix in (".memo", ".sig"):
+                paths = [self.remote_path(key, ".memo"), self.remote_path(key, ".sig")]
+                for path in [*paths, self.used_path(key)]:
                     with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm_file(self.remote_path(key, suffix))
+                        self.fs.rm_file(path)
         except Exception as error:
             self._give_up(error)
         return count
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """An object's modification time (seconds since the epoch) from fsspec's info, whose
+    field names and types differ by filesystem; None if it has none."""
+    for name in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = info.get(name)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``0``, ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` (or a number
+    of seconds); raises ValueError."""
+    text = text.strip().lower()
+    unit = UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a duration: a number with s, m, h, d or w (e.g. 7d, 12h)"
+        ) from None
+    if value < 0 or value != value:
+        raise ValueError(f"{text!r} is not a duration: it must be 0 or more")
+    return value
 
 
 def _describe(error: BaseException) -> str:
@@ -350,11 +523,16 @@ def remote_store(config: pytest.Config, url: str) -> RemoteStore:
         local_cache(config.rootpath, url),
         url,
         options,
-        secret=secret_from_environment(),
         warn=warn,
+        signing=from_environment(),
     )
     if getattr(config, "workerinput", {}).get(WORKER_INPUT):
         store.remote_unusable()  # the main process has warned about it
+    grace = config.getoption("memo_prune_grace", None) or config.getini("memo_prune_grace")
+    try:
+        store.prune_grace = parse_duration(grace or DEFAULT_PRUNE_GRACE)
+    except ValueError as error:
+        raise pytest.UsageError(f"--memo-prune-grace / memo_prune_grace: {error}") from None
     return store
 
 

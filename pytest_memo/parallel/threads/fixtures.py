@@ -109,20 +109,43 @@ def _by_context(original: type) -> type:
 
 def _context(definition: Any, request: Any) -> Hashable:
     """The scope's node for the requesting test, and the test's parameters of that scope
-    or wider (parameter indices: values may not be hashable)."""
+    or wider that the fixture depends on: its own and those of the fixtures it requests,
+    directly or through others (parameter indices: values may not be hashable).  As in a
+    serial run, an unparametrized fixture beside a parametrized one is made once."""
     item = requesting_item(request)
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return (request.node, ())
     rank = SCOPE_RANK.get(definition.scope, 0)
     known = item_fixture_definitions(item)
+    depends_on = _dependencies(definition, known)
     parameters = []
     for name, index in sorted(callspec.indices.items()):
+        if name not in depends_on:
+            continue
         definitions = known.get(name)
         scope = definitions[-1].scope if definitions else "function"
         if SCOPE_RANK.get(scope, 0) >= rank:
             parameters.append((name, index))
     return (request.node, tuple(parameters))
+
+
+def _dependencies(definition: Any, known: dict[str, Any]) -> set[str]:
+    """The names ``definition`` is, and requests directly or through other fixtures."""
+    names = {definition.argname}
+    pending = [definition]
+    seen = {id(definition)}
+    while pending:
+        current = pending.pop()
+        for name in current.argnames:
+            names.add(name)
+            # A fixture overriding one of its name requests the overridden one: all the
+            # definitions of a name are followed.
+            for dependency in known.get(name, ()):
+                if id(dependency) not in seen:
+                    seen.add(id(dependency))
+                    pending.append(dependency)
+    return names
 
 
 _CLASSES: dict[type, type] = {}

@@ -12,6 +12,7 @@ pytest is not thread-safe, so this mode makes a few rules, documented in docs/pa
 - Output written through ``sys.stdout``/``sys.stderr`` is captured per thread and kept
   with its test; output written straight to file descriptors is not captured
   (``capture``).
+- Log records are kept with the test whose thread logged them (``logs``).
 - Warnings are kept with the test whose thread raised them (``warnings``), and assertion
   explanations are those of a serial run (``assertions``).
 - Tests marked ``@pytest.mark.serial`` (or listed in the ``par_serial`` ini option) run
@@ -26,7 +27,7 @@ import contextlib
 import queue
 import threading
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from pytest_memo.parallel.replay import item_events, replay
 from pytest_memo.parallel.threads.assertions import ThreadAssertions
 from pytest_memo.parallel.threads.capture import per_thread_capture
 from pytest_memo.parallel.threads.fixtures import fixtures_per_context
-from pytest_memo.parallel.threads.gate import Gate, changes_process_state, marked_serial
+from pytest_memo.parallel.threads.gate import Gate, alone_reason, marked_serial
+from pytest_memo.parallel.threads.logs import logs_per_thread
 from pytest_memo.parallel.threads.protocol import run_item
 from pytest_memo.parallel.threads.shims import per_thread_setup_states
 from pytest_memo.parallel.threads.warnings import ThreadWarnings
@@ -62,9 +64,27 @@ class ThreadRunner:
         self.warnings = ThreadWarnings(self.config)
         self.assertions = ThreadAssertions(self.config)
         self.stopped_by: BaseException | None = None  # what a worker thread raised
-        # Tests that run alone though not marked serial: the run's summary says how many.
-        self.alone_for_process_state = frozenset(
-            index for index in order if changes_process_state(session.items[index])
+        # Tests that run alone though not marked serial: the run's summary says how many,
+        # and why.
+        self.alone_reasons = {
+            index: reason
+            for index in order
+            if (reason := alone_reason(session.items[index])) is not None
+        }
+        self.alone_for_process_state = frozenset(self.alone_reasons)
+        self.total = len(order)
+
+    def alone_summary(self) -> str:
+        """The summary's line on the tests that ran alone though not marked serial, with
+        why, by reason (most first), or "" for none."""
+        if not self.alone_reasons:
+            return ""
+        counts = Counter(self.alone_reasons.values())
+        reasons = "; ".join(f"{reason}: {count}" for reason, count in counts.most_common())
+        return (
+            f"par: {len(self.alone_reasons)} of {self.total} tests ran alone in thread mode, "
+            f"as they change what all threads share (process mode runs them in parallel): "
+            f"{reasons}"
         )
 
     def run(self) -> None:
@@ -81,6 +101,7 @@ class ThreadRunner:
             stack.callback(self._report_teardown_errors, teardown_errors)
             stack.enter_context(per_thread_setup_states(self.session, teardown_errors))
             stack.enter_context(per_thread_capture(self.config))
+            stack.enter_context(logs_per_thread(self.config))
             stack.enter_context(self._joined(threads))
             stack.enter_context(self.warnings.installed())
             stack.enter_context(self.assertions.installed())
