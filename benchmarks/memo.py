@@ -50,12 +50,17 @@ import pytest
 
 BIG = os.environ["BENCH_BIG"] == "1"
 CHEAP = os.environ["BENCH_CHEAP"] == "1"
+FILES = os.environ.get("BENCH_FILES") == "1"
 
 @pytest.fixture
 @pytest.mark.memo(mmap=True)
 def value():
     if CHEAP:
         return 0
+    if FILES:  # recorded with the entry, checked (stat) on every hit
+        for name in ("a.csv", "b.csv", "c.csv"):
+            with open(name) as file:
+                file.read()
     return np.ones(25_000_000) if BIG else {"answer": 42, "items": list(range(10))}
 
 @pytest.mark.parametrize("i", range(N))
@@ -110,18 +115,51 @@ def suite_table(directory: Path, repeat: int) -> list[str]:
 def hit_table(directory: Path, repeat: int, tests: int) -> list[str]:
     (directory / "test_hits.py").write_text(HITS.replace("range(N)", f"range({tests})"))
     rows = ["| value | per-hit overhead | target |", "|---|---|---|"]
-    for big, label, target, secret in (
-        ("0", "small dict", "< 2 ms", ""),
-        ("1", "200 MB array, mmap=True", "< 5 ms", ""),
-        ("0", "small dict, signed", "< 2 ms", "bench secret"),
-        ("1", "200 MB array, mmap=True, signed", "< 5 ms", "bench secret"),
+    for name in ("a.csv", "b.csv", "c.csv"):
+        (directory / name).write_text("x,y\n" * 1000)
+    for big, files, label, target, secret in (
+        ("0", "0", "small dict", "< 2 ms", ""),
+        ("0", "1", "small dict, 3 data files read (checked on each hit)", "< 2 ms", ""),
+        ("1", "0", "200 MB array, mmap=True", "< 5 ms", ""),
+        ("0", "0", "small dict, signed", "< 2 ms", "bench secret"),
+        ("1", "0", "200 MB array, mmap=True, signed", "< 5 ms", "bench secret"),
     ):
-        env = {"BENCH_BIG": big, "BENCH_CHEAP": "0", "PYTEST_MEMO_SECRET": secret}
+        env = {
+            "BENCH_BIG": big,
+            "BENCH_CHEAP": "0",
+            "BENCH_FILES": files,
+            "PYTEST_MEMO_SECRET": secret,
+        }
         run(directory, "test_hits.py", "--memo-clear", env=env)  # fill the store
         warm = median(repeat, lambda e=env: run(directory, "test_hits.py", env=e))
-        cheap = {"BENCH_BIG": big, "BENCH_CHEAP": "1"}
+        cheap = {"BENCH_BIG": big, "BENCH_CHEAP": "1", "BENCH_FILES": files}
         base = median(repeat, lambda e=cheap: run(directory, "--memo-off", "test_hits.py", env=e))
         rows.append(f"| {label} | {(warm - base) / tests * 1000:.2f} ms | {target} |")
+    return rows
+
+
+def cutoff_table(repeat: int) -> list[str]:
+    """Early cutoff: what hashing an upstream memoized value costs (once per value computed;
+    a hit reads the digest kept in its manifest)."""
+    import numpy as np
+
+    from pytest_memo.memoize.keys import CodeFingerprints
+
+    fingerprints = CodeFingerprints(Path.cwd())
+    values = {
+        "small dict": {"answer": 42, "items": list(range(10))},
+        "200 MB float64 array": np.arange(25_000_000, dtype=np.float64),
+        "100,000 short strings": [f"row {i}" for i in range(100_000)],
+        "20,000 small dicts": [{"id": i, "name": f"n{i}", "score": i / 3} for i in range(20_000)],
+    }
+    rows = ["| upstream value | hashing it |", "|---|---|"]
+    for label, value in values.items():
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            fingerprints.data_digest(value)
+            times.append(time.perf_counter() - started)
+        rows.append(f"| {label} | {statistics.median(times) * 1000:.2f} ms |")
     return rows
 
 
@@ -243,8 +281,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tests", type=int, default=1000, help="tests in the per-hit suites")
-    parser.add_argument("--only", choices=("hits", "scale"), default=None)
+    parser.add_argument("--only", choices=("hits", "scale", "cutoff"), default=None)
     options = parser.parse_args()
+    if options.only == "cutoff":
+        print(f"Machine: {machine()}\n")
+        print("\n".join(cutoff_table(max(options.repeat, 5))))
+        return
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as temporary:
         directory = Path(temporary)
         (directory / "pytest.ini").write_text("[pytest]\n")

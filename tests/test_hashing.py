@@ -157,3 +157,59 @@ def test_unhashable_objects_raise_a_clear_type_error() -> None:
     with pytest.raises(UnhashableError, match="lock"):
         hash({"lock": threading.Lock()})
     assert issubclass(UnhashableError, TypeError)
+
+
+def test_in_keys_the_order_of_dict_items_counts() -> None:
+    from collections import OrderedDict
+
+    from pytest_memo.core.hashing import content_hash
+
+    for first, second in (
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+        ({1: "x", "k": "y"}, {"k": "y", 1: "x"}),
+        (OrderedDict(a=1, b=2), OrderedDict(b=2, a=1)),
+    ):
+        assert hash(first) == hash(second)  # the public hash: order does not count
+        assert content_hash(first, ordered=True) != content_hash(second, ordered=True)
+        assert content_hash(first, ordered=True) == content_hash(type(first)(first), ordered=True)
+
+
+def test_in_keys_path_strings_inside_the_root_count_as_relative(tmp_path: Path) -> None:
+    from pytest_memo.core.hashing import content_hash
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for root in (one, two):
+        root.mkdir()
+
+    def digest(root: Path, text: str) -> str:
+        return content_hash({"file": text}, root, ordered=True)
+
+    assert digest(one, f"{one}/conftest.py") == digest(two, f"{two}/conftest.py")
+    assert digest(one, str(one)) == digest(two, str(two))
+    assert digest(one, f"{one}/a.py") != digest(one, f"{one}/b.py")
+    assert digest(one, f"{one}/a.py") != digest(one, "<root>/a.py")
+    assert digest(one, f"{one}x/a.py") != digest(two, f"{two}x/a.py")  # outside the root
+
+
+def test_code_hash_ignores_docstrings_of_nested_functions_and_functions_returning_none() -> None:
+    from pytest_memo.core.hashing import code_hash
+
+    namespace: dict[str, Any] = {}
+    exec(
+        "def returns_none():\n    return None\n"
+        "def returns_none_documented():\n    'Doc.'\n    return None\n"
+        "def returns_one():\n    return 1\n"
+        "def returns_one_documented():\n    'Doc.'\n    return 1\n"
+        "def returns_two():\n    return 2\n"
+        "def outer():\n    def inner():\n        return None\n    return inner\n"
+        "def outer_documented():\n    def inner():\n        'Doc.'\n        return None\n"
+        "    return inner\n",
+        namespace,
+    )
+    digests = {
+        name: code_hash(function) for name, function in namespace.items() if name != "__builtins__"
+    }
+    assert digests["returns_none"] == digests["returns_none_documented"]
+    assert digests["returns_one"] == digests["returns_one_documented"]
+    assert digests["outer"] == digests["outer_documented"]
+    assert len({digests["returns_none"], digests["returns_one"], digests["returns_two"]}) == 3

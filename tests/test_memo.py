@@ -236,6 +236,10 @@ def test_dash_m_memo_selects_marked_test_functions(suite: MemoSuite) -> None:
         ("@pytest.mark.memo(bogus=1)", "*pytest.mark.memo got unknown option(s) bogus; valid*"),
         ('@pytest.mark.memo("positional")', "*pytest.mark.memo takes keyword options only*"),
         ("@pytest.mark.memo(ignore=3)", "*ignore= takes a string or a list of strings, got 3*"),
+        *(
+            (f"@pytest.mark.memo(max_age={bad!r})", f"*max_age= takes a positive number*{bad!r}")
+            for bad in ("soon", "-1h", 0, "12x", True)
+        ),
     ],
 )
 def test_bad_mark_options_are_a_clear_collection_error(
@@ -364,15 +368,17 @@ def test_memo_off_leaves_an_existing_store_untouched(warm: MemoSuite) -> None:
 
 
 def test_memo_refresh_recomputes_and_later_runs_hit_the_new_value(suite: MemoSuite) -> None:
-    # The fixture reads a file its key does not cover, so only a refresh notices the change.
+    # The fixture reads a file outside the rootdir, which neither its key nor the files
+    # recorded with its entry cover: only a refresh notices the change.
+    source = suite.path.parent / f"{suite.path.name}-source.txt"
     suite.write(
         "conftest.py",
-        """
+        f"""
         @pytest.fixture
         @pytest.mark.memo
         def data():
             record("data")
-            with open("source.txt") as source:
+            with open({str(source)!r}) as source:
                 return source.read()
         """,
     )
@@ -390,9 +396,9 @@ def test_memo_refresh_recomputes_and_later_runs_hit_the_new_value(suite: MemoSui
             record(data, "seen.txt")
         """,
     )
-    suite.write("source.txt", "old")
+    source.write_text("old")
     suite.run().assert_outcomes(passed=2)
-    suite.write("source.txt", "new")
+    source.write_text("new")
     suite.run().assert_outcomes(passed=2)
     assert suite.seen() == ["old"] * 4  # the stale entry, as expected without a refresh
     # Recomputed once: the second test loads what the first one stored during this run.

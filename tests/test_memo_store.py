@@ -625,8 +625,8 @@ def test_xdist_workers_compute_a_missing_entry_once(suite: MemoSuite) -> None:
     result.assert_outcomes(passed=8)
     assert suite.calls() == ["shared"]
     hits, saved, misses, _, _, _, _ = summary(result)
-    assert (hits, misses) == (2, 0)
-    assert saved >= 2.0
+    assert (hits, misses) == (2, 0)  # each worker loaded it...
+    assert 1.0 <= saved < 2.0  # ...and the computation it saved counts once
 
     # --memo-refresh recomputes once per run, not once per worker: the workers share
     # the run's identity.
@@ -706,10 +706,15 @@ def pytest_fixture_setup(fixturedef, request):
     return (yield)
 
 
+# Read through a name the key cannot see (a variable named by a literal would enter the
+# key): A, B and C compute the same entry.
+ROLE = "ROLE"
+
+
 @pytest.fixture(scope="session")
 @pytest.mark.memo
 def shared():
-    role = os.environ["ROLE"]
+    role = os.environ[ROLE]
     record(role)
     if role == "A":
         Path("started").touch()

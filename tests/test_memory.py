@@ -146,12 +146,14 @@ def test_an_entry_that_no_longer_loads_warns_and_is_recomputed(
         thing="""
         import os
 
+        BROKEN = "THING_BROKEN"
+
         class Thing:
             def __init__(self):
                 self.x = 1
 
             def __setstate__(self, state):
-                if os.environ.get("THING_BROKEN"):
+                if os.environ.get(BROKEN):  # through a name: not in the key
                     raise RuntimeError("this Thing cannot be loaded")
                 self.__dict__.update(state)
         """,

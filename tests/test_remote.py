@@ -389,6 +389,9 @@ def test_refused_uploads_leave_the_remote_readable(
 # -- Ed25519 keys: main signs, pull requests verify and cannot poison the store ---------
 
 POISONABLE = """
+# The forger's lever: a variable named at run time, which the key cannot see (a
+# variable read by name would enter the key and give the forged entry a key of its own).
+FORGED_BY = "".join(["POI", "SON"])
 import os
 
 import numpy as np
@@ -398,7 +401,7 @@ import numpy as np
 @pytest.mark.memo(mmap=True)
 def data():
     record("data")
-    return {"answer": int(os.environ.get("POISON", "42")), "array": np.arange(1000.0)}
+    return {"answer": int(os.environ.get(FORGED_BY, "42")), "array": np.arange(1000.0)}
 """
 
 

@@ -161,6 +161,9 @@ def test_a_job_with_the_public_key_only_stores_nothing_it_computes(
 
 
 POISONABLE = """
+# The forger's lever: a variable named at run time, which the key cannot see (a
+# variable read by name would enter the key and give the forged entry a key of its own).
+FORGED_BY = "".join(["POI", "SON"])
 import os
 
 
@@ -168,7 +171,7 @@ import os
 @pytest.mark.memo
 def data():
     record("data")
-    return {"answer": int(os.environ.get("POISON", "42"))}
+    return {"answer": int(os.environ.get(FORGED_BY, "42"))}
 """
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import dis
+import functools
 import os
 import struct
 import sys
@@ -55,11 +57,23 @@ def content_hash(
     obj: Any,
     relative_to: str | os.PathLike[str] | None = None,
     code_of: Callable[[Any], str | None] | None = None,
+    *,
+    ordered: bool = False,
 ) -> str:
     """:func:`hash`, where ``code_of`` may add a fingerprint of the code of the functions
-    and classes met (cache keys: a table of functions changes when a function does)."""
-    hasher = _ContentHasher(None if relative_to is None else Path(relative_to))
+    and classes met (cache keys: a table of functions changes when a function does).
+
+    ``ordered`` is the mode of cache keys, where a value must be told apart from any other
+    value code could observe: the order of a dict's items counts (code iterating it sees
+    it), and strings holding an absolute path inside ``relative_to`` (``__file__``) count
+    as relative ones, as :class:`~pathlib.Path` objects always do.
+    """
+    root = (
+        relative_to if isinstance(relative_to, Path) or relative_to is None else Path(relative_to)
+    )
+    hasher = _ContentHasher(root)
     hasher.code_of = code_of
+    hasher.ordered = ordered
     try:
         hasher.update(obj)
     except RecursionError:
@@ -69,6 +83,12 @@ def content_hash(
     return hasher.hexdigest()
 
 
+@functools.lru_cache(maxsize=16)
+def _roots(root: Path) -> tuple[Path, ...]:
+    """A root directory as given and resolved (resolving costs a system call per part)."""
+    return tuple({root, root.resolve()})
+
+
 def _piece_digest(piece: memoryview) -> bytes:
     return bytes(xxhash.xxh3_128_digest(piece))
 
@@ -76,9 +96,42 @@ def _piece_digest(piece: memoryview) -> bytes:
 def code_hash(func: types.FunctionType) -> str:
     """Digest of what a function does: bytecode, names and constants, without its docstring,
     file name or line numbers (so comments, formatting and moving it do not count)."""
+    return _code_digest(func.__code__)
+
+
+@functools.cache
+def _code_digest(code: types.CodeType) -> str:
     hasher = _ContentHasher()
-    hasher._code(func.__code__, func.__doc__, function=True)
+    hasher._code(code)
     return hasher.hexdigest()
+
+
+_HAS_CONST = frozenset(dis.hasconst)
+_EXTENDED_ARG = dis.opmap["EXTENDED_ARG"]
+
+
+def _instructions(code: types.CodeType) -> tuple[bytes, list[int]]:
+    """The bytecode with each constant's index replaced by its rank among the constants
+    the code loads (in order of first use), and those constants' indexes.
+
+    Constant indexes depend on constants no instruction loads: adding a docstring to a
+    function that returns None makes the docstring constant 0 and None constant 1, and
+    its ``LOAD_CONST 0`` becomes ``LOAD_CONST 1``.  Ranks do not move.
+    """
+    raw = code.co_code
+    out = bytearray()
+    ranks: dict[int, int] = {}
+    extended = 0
+    for position in range(0, len(raw), 2):
+        op, argument = raw[position], raw[position + 1] | extended
+        if op == _EXTENDED_ARG:
+            extended = argument << 8
+            continue
+        extended = 0
+        if op in _HAS_CONST:
+            argument = ranks.setdefault(argument, len(ranks))
+        out += bytes((op,)) + argument.to_bytes(4, "little")
+    return bytes(out), list(ranks)
 
 
 def _global_name(obj: Any) -> str | None:
@@ -97,12 +150,14 @@ class _ContentHasher:
     """Walks an object and feeds a canonical byte encoding of it to xxh3-128."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self._roots = () if root is None else tuple({root, root.resolve()})
+        self._roots = () if root is None else _roots(root)
         self._digest = xxhash.xxh3_128()
         self._pending: list[bytes] = []
         # Containers on the current path, for cycles: id -> position in the path.
         self._path: dict[int, int] = {}
         self.code_of: Callable[[Any], str | None] | None = None
+        self.ordered = False  # cache keys: dict order counts, path strings are relative
+        self._root_texts = tuple(map(str, self._roots)) if self._roots else ()
 
     def hexdigest(self) -> str:
         self._flush()
@@ -112,7 +167,9 @@ class _ContentHasher:
         """Digest of one item on its own, used to order set elements and odd dict keys."""
         sub = _ContentHasher()
         sub._roots = self._roots
+        sub._root_texts = self._root_texts
         sub.code_of = self.code_of
+        sub.ordered = self.ordered
         sub._path = self._path
         sub.update(obj)
         sub._flush()
@@ -201,6 +258,14 @@ class _ContentHasher:
         self._emit(b"c" + _pack_dd(obj.real, obj.imag))
 
     def _str(self, obj: str) -> None:
+        if self.ordered and self._root_texts and obj.startswith(self._root_texts):
+            for root in self._root_texts:
+                if obj == root or obj.startswith(root + os.sep):
+                    relative = (
+                        obj[len(root) :].replace(os.sep, "/").encode("utf-8", "surrogatepass")
+                    )
+                    self._emit_sized(b"r", relative)  # not a string "<root>/..."
+                    return
         data = obj.encode("utf-8", "surrogatepass")
         self._pending.append(b"s" + _pack_q(len(data)) + data)
 
@@ -239,6 +304,12 @@ class _ContentHasher:
 
     def _dict(self, obj: dict[Any, Any]) -> None:
         self._emit(b"{" + _pack_q(len(obj)))
+        if self.ordered:  # in insertion order: code iterating the dict sees that order
+            update = self.update
+            for key, value in obj.items():
+                update(key)
+                update(value)
+            return
         if all(type(key) is str for key in obj):
             items = sorted(obj.items(), key=_first)
             update = self.update
@@ -300,27 +371,32 @@ class _ContentHasher:
     def _function(self, func: types.FunctionType) -> None:
         """A function that cannot be imported by name (lambda, closure): hash what it does."""
         self._emit_sized(b"L", func.__qualname__.encode())
-        self._code(func.__code__, func.__doc__, function=True)
+        self._code(func.__code__)
         self.update(func.__defaults__)
         self.update(func.__kwdefaults__)
         self.update([cell.cell_contents for cell in func.__closure__ or ()])
         names = global_names(func.__code__)
         self.update({name: func.__globals__[name] for name in names if name in func.__globals__})
 
-    def _code(self, code: types.CodeType, doc: str | None = None, function: bool = False) -> None:
+    def _code(self, code: types.CodeType) -> None:
         # Bytecode and names, never file names or line numbers: formatting and comments
-        # do not change the digest, moving a function does not either.
+        # do not change the digest, moving a function does not either.  Constants count
+        # as the instructions load them; a docstring (an unused string, or the None
+        # standing for a missing one, in slot 0) does not count, in nested functions too.
+        instructions, loaded = _instructions(code)
         consts = code.co_consts
-        # A function's first constant is its docstring, or None when it has none (before
-        # Python 3.14): leave it out, so adding or removing a docstring does not count.
-        if function and consts and (consts[0] == doc or consts[0] is None):
-            consts = consts[1:]
-        self._emit_sized(b"K", code.co_code)
+        self._emit_sized(b"K", instructions)
         self.update(
             (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars, code.co_argcount)
         )
         self.update((code.co_kwonlyargcount, code.co_posonlyargcount, code.co_flags))
-        self._sequence(b"(", consts)
+        self._sequence(b"(", [consts[index] for index in loaded])
+        # Constants no instruction loads cannot change what the code does; they count all
+        # the same (but for the docstring slot), in case an instruction reads them unseen.
+        unused = set(range(len(consts))) - set(loaded)
+        if 0 in unused and (consts[0] is None or isinstance(consts[0], str)):
+            unused.discard(0)
+        self._sequence(b"u", [consts[index] for index in sorted(unused)])
 
     def _class(self, cls: type) -> None:
         self._emit_sized(b"C", cls.__qualname__.encode())
@@ -370,7 +446,9 @@ class _ContentHasher:
         self.update(args)
         self.update(state)
         self.update(None if list_items is None else list(list_items))
-        self.update(None if dict_items is None else dict(dict_items))
+        if dict_items is not None:  # an OrderedDict: its order counts in keys
+            dict_items = list(dict_items) if self.ordered else dict(dict_items)
+        self.update(dict_items)
 
 
 def _dtype_text(dtype: np.dtype[Any]) -> str:

@@ -14,13 +14,16 @@ import contextlib
 import functools
 import inspect
 import os
+import reprlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from pytest_memo.core.hashing import hash
-from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
-from pytest_memo.memoize.keys import CodeFingerprints, combine
+from pytest_memo.memoize import explain, reads
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
+from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine
+from pytest_memo.memoize.marker import parse_age
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store import signing
 from pytest_memo.store.local import Store
@@ -56,7 +59,7 @@ def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
         else:
             store = Store(directory, signing=signing.from_environment())
             atexit.register(_save_hits, store)
-            use_store(Memoized(store, RunStats()), Path.cwd())
+            use_store(Memoized(store, RunStats(), Path.cwd()), Path.cwd())
     assert _Active.engine is not None and _Active.fingerprints is not None
     return _Active.engine, _Active.fingerprints
 
@@ -79,6 +82,7 @@ def cache(
     version: object = None,
     compress: object = None,
     mmap: bool = False,
+    max_age: float | str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -89,13 +93,16 @@ def cache(
     version: object = None,
     compress: object = None,
     mmap: bool = False,
+    max_age: float | str | None = None,
 ) -> Any:
     """Memoize ``function`` in the pytest-memo store.
 
     ``ignore`` names arguments left out of the key (a verbosity flag, a logger);
-    ``version`` invalidates by hand; ``compress`` and ``mmap`` are as for fixtures.
+    ``version`` invalidates by hand; ``compress``, ``mmap`` and ``max_age`` are as for
+    fixtures.
     """
     ignored = frozenset(ignore)
+    seconds = parse_age(max_age, "pytest_memo.cache")
 
     def decorate(function: F) -> F:
         signature = inspect.signature(function)
@@ -106,33 +113,73 @@ def cache(
                 f"{function.__qualname__} does not take"
             )
         identity = f"{function.__module__}:{function.__qualname__}"
+        environment_names: list[str] | None = None
+
+        def lookup(
+            fingerprints: CodeFingerprints, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Lookup:
+            nonlocal environment_names
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
+            # As a fixture's parameters: by content and in order, and the project's
+            # functions and classes in them (a callback, an instance) by their code.
+            digest = fingerprints.data_digest(arguments)
+            if environment_names is None:
+                environment_names = reads.environment_names(
+                    function, fingerprints.module_in_project
+                )
+            environment = {name: hash(os.environ.get(name)) for name in environment_names}
+
+            def parts() -> explain.Parts:
+                found = explain.code_parts(fingerprints, function)
+                found["version"] = [hash(version), explain.readable(version), None]
+                for name, value in environment.items():
+                    found[f"env:{name}"] = [value, None, None]
+                found["python"] = [PYTHON, PYTHON, None]
+                shown = ", ".join(f"{k}={reprlib.repr(v)}" for k, v in arguments.items())
+                found["param"] = [digest, explain.readable(shown, 40), None]
+                return found
+
+            return Lookup(
+                key=combine(
+                    identity=identity,
+                    code=fingerprints.of(function),
+                    arguments=digest,
+                    version=hash(version),
+                    **({"environment": environment} if environment else {}),
+                ),
+                name=identity,
+                what=f"function {identity}",
+                slot=combine(identity=identity, arguments=digest),
+                source=identity,
+                mmap=mmap,
+                compress=compress,
+                parts=parts,
+                max_age=seconds,
+                where=code_location(function),
+            )
 
         @functools.wraps(function)
         def memoized(*args: Any, **kwargs: Any) -> Any:
             engine, fingerprints = _current()
+            return engine.get_or_compute(
+                lambda: function(*args, **kwargs), lambda: lookup(fingerprints, args, kwargs)
+            )
 
-            def lookup() -> Lookup:
-                bound = signature.bind(*args, **kwargs)
-                bound.apply_defaults()
-                arguments = {k: v for k, v in bound.arguments.items() if k not in ignored}
-                digest = hash(arguments, _Active.rootdir)
-                return Lookup(
-                    key=combine(
-                        identity=identity,
-                        code=fingerprints.of(function),
-                        arguments=digest,
-                        version=hash(version),
-                    ),
-                    name=identity,
-                    what=f"function {identity}",
-                    slot=combine(identity=identity, arguments=digest),
-                    source=identity,
-                    mmap=mmap,
-                    compress=compress,
-                )
+        def clear() -> int:
+            """Remove this function's stored values; returns how many were removed."""
+            engine, _ = _current()
+            store = engine.store
+            return 0 if store is None else store.clear(identity)
 
-            return engine.get_or_compute(lambda: function(*args, **kwargs), lookup)
+        def check_call_in_cache(*args: Any, **kwargs: Any) -> bool:
+            """Whether a call with these arguments would load a stored value."""
+            engine, fingerprints = _current()
+            return engine.contains(lookup(fingerprints, args, kwargs))
 
+        memoized.clear = clear  # type: ignore[attr-defined]
+        memoized.check_call_in_cache = check_call_in_cache  # type: ignore[attr-defined]
         return memoized  # type: ignore[return-value]
 
     return decorate(function) if function is not None else decorate

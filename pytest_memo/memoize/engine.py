@@ -14,21 +14,24 @@ interface and only computes, as joblib's ``MemorizedFunc`` and ``NotMemorizedFun
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
+from pytest_memo.memoize import explain, reads
+from pytest_memo.memoize.progress import Progress
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Entry, EntryInfo, Store, UntrustedEntryError
 
 if TYPE_CHECKING:
     import filelock
 
-__all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "warn"]
+__all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "code_location", "warn"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class Lookup:
     compress: object = None
     run: str = ""  # the run computing it: stored in the entry's info
     refresh: bool = False  # --memo-refresh: entries another run wrote are recomputed
+    # The named parts of the key (see explain.py), computed only when the value is.
+    parts: Callable[[], explain.Parts] | None = field(default=None, compare=False)
+    max_age: float | None = None  # seconds: older entries are recomputed
+    # The user's code (file, first line): where warnings about this value point.
+    where: tuple[str, int] | None = field(default=None, compare=False)
 
 
 class Claim:
@@ -73,6 +81,14 @@ class Memoized:
         self.stats = stats
         self._broken = False
         self._prepared = False
+        # With a rootdir, the files a value reads under it are recorded and checked on hits.
+        self.rootdir = root
+        self._reasons: dict[str, str] = {}  # key -> why its own entry was not used
+        self.progress: Progress | None = None  # the live line of long computations
+        # Manifests read, by key and entry creation time: a function-scoped fixture hit by
+        # every test reads its manifest once, and checks its files' status every time.
+        self._manifests: dict[tuple[str, float], explain.Manifest | None] = {}
+        self._contents: dict[str, str] = {}  # key -> digest of its value (early cutoff)
 
     @property
     def store(self) -> Store | None:
@@ -93,6 +109,22 @@ class Memoized:
             claim.keep(value)
             return value
 
+    def contains(self, lookup: Lookup) -> bool:
+        """Whether ``lookup`` would load a stored value (without loading it)."""
+        store = self._usable_store()
+        if store is None:
+            return False
+        try:
+            written = store.entry_path(lookup.key).stat().st_mtime
+        except OSError:
+            return False
+        if lookup.max_age is not None and time.time() - written > lookup.max_age:
+            return False
+        manifest = explain.read_manifest(store, lookup.key) if self.rootdir else None
+        if manifest is not None and self.rootdir is not None and manifest.files:
+            return reads.check_files(self.rootdir, manifest.files)[0] is None
+        return True
+
     @contextlib.contextmanager
     def claim(self, lookup: Lookup) -> Iterator[Claim]:
         """The stored entry, or a claim to compute it, holding the key's lock until the
@@ -107,14 +139,24 @@ class Memoized:
         if entry is None:
             lock = self._lock(store, lookup.key)
             if lock is None:  # a read-only store: computed, counted, not stored
-                yield Claim(None, lambda value, seconds: self._keep(store, lookup, value, seconds))
+                with self._computing(store, lookup) as (parts, recorder):
+                    yield Claim(
+                        None,
+                        lambda value, seconds: self._keep(
+                            store, lookup, value, seconds, parts, recorder
+                        ),
+                    )
                 return
             try:
                 entry = self._read(store, lookup)  # computed by another process meanwhile?
                 if entry is None:
-                    yield Claim(
-                        None, lambda value, seconds: self._keep(store, lookup, value, seconds)
-                    )
+                    with self._computing(store, lookup) as (parts, recorder):
+                        yield Claim(
+                            None,
+                            lambda value, seconds: self._keep(
+                                store, lookup, value, seconds, parts, recorder
+                            ),
+                        )
                     return
             finally:
                 lock.release()
@@ -132,6 +174,73 @@ class Memoized:
             self._fail(store, error)
             return None
         return lock
+
+    @contextlib.contextmanager
+    def _computing(
+        self, store: Store, lookup: Lookup
+    ) -> Iterator[tuple[explain.Parts, reads.Recorder | None]]:
+        """While the value is computed: say why, and record the files it reads."""
+        reason = self._reasons.pop(lookup.key, None)
+        try:
+            parts = lookup.parts() if lookup.parts is not None else {}
+        except Exception:  # a part that cannot be described must not fail the test
+            parts = {}
+        try:
+            why = explain.explanation(store, lookup.slot, lookup.key, parts, reason)
+        except OSError:
+            why = "the store index cannot be read"
+        self.stats.explain(lookup.name, why)
+        with contextlib.ExitStack() as stack:
+            if self.progress is not None:
+                stack.enter_context(self.progress.computing(lookup.name, why))
+            if self.rootdir is None:
+                yield parts, None
+                return
+            yield parts, stack.enter_context(reads.recording(self.rootdir, store.root))
+
+    def _stale(self, store: Store, lookup: Lookup, entry: Entry) -> str | None:
+        """Why a stored entry may not be used although its key matches, or None."""
+        if lookup.max_age is not None and time.time() - entry.info.created > lookup.max_age:
+            return f"older than max_age ({explain.age(time.time() - entry.info.created)})"
+        if self.rootdir is None:
+            return None
+        known = (lookup.key, entry.info.created)
+        if known in self._manifests:
+            manifest = self._manifests[known]
+        else:
+            manifest = self._manifests[known] = explain.read_manifest(store, lookup.key)
+        if manifest is not None and manifest.content is not None:
+            self._contents[lookup.key] = manifest.content
+        else:  # perhaps rewritten since: hash the value again if asked
+            self._contents.pop(lookup.key, None)
+        if manifest is None or not manifest.files:
+            return None
+        if abs(manifest.created - entry.info.created) > 1e-3:
+            return "its entry was rewritten meanwhile"
+        changed, touched = reads.check_files(self.rootdir, manifest.files)
+        if changed is not None:
+            return f"{changed} changed"
+        if touched and not store.read_only:  # same content, new time: store sizes and times
+            with contextlib.suppress(OSError):
+                explain.write_manifest(store, lookup.key, manifest)
+        reads.note_files(manifest.files, self.rootdir)
+        return None
+
+    def content_digest(self, key: str, value: Callable[[], str]) -> str:
+        """The digest of the value stored under ``key``: from its manifest, or ``value()``
+        (hashing it), which is then kept in the manifest for later runs."""
+        known = self._contents.get(key)
+        if known is not None:
+            return known
+        digest = self._contents[key] = value()
+        store = self.store
+        if store is not None:
+            manifest = explain.read_manifest(store, key)
+            if manifest is not None and not store.read_only:
+                manifest.content = digest
+                with contextlib.suppress(OSError):
+                    explain.write_manifest(store, key, manifest)
+        return digest
 
     def _usable_store(self) -> Store | None:
         # Prepared once per process before the first lookup, so that a store that cannot
@@ -155,20 +264,35 @@ class Memoized:
         except UntrustedEntryError as error:
             # Signed by no one trusted (or not at all): never loaded; this job's own
             # value replaces it if it may sign.
-            warn(f"refused the stored entry of {lookup.what} and recomputed it: {error}")
-            store.remove(lookup.key)
-            return None
-        except CorruptFileError as error:
-            self._discard(store, lookup, f"a damaged entry of {lookup.what}", f": {error}")
-            return None
-        except OSError as error:
-            warn(f"cannot read the store entry of {lookup.what}: {error}")
-            return None
-        except Exception as error:  # unpickling runs user code (a class that changed shape)
             self._discard(
                 store,
                 lookup,
-                f"an entry of {lookup.what} that no longer loads ({type(error).__name__}: {error})",
+                f"refused the stored entry of {lookup.what} and recomputed it: {error}",
+                f"refused the stored entry of {lookup.what} and recomputed it (the entry "
+                f"stays in the read-only store): {error}",
+            )
+            return None
+        except CorruptFileError as error:
+            self._discard(
+                store,
+                lookup,
+                f"removed a damaged entry of {lookup.what} and recomputed it: {error}",
+                f"recomputed a damaged entry of {lookup.what}, which stays in the read-only "
+                f"store: {error}",
+            )
+            return None
+        except OSError as error:
+            warn(f"cannot read the store entry of {lookup.what}: {error}", lookup.where)
+            return None
+        except Exception as error:  # unpickling runs user code (a class that changed shape)
+            problem = (
+                f"an entry of {lookup.what} that no longer loads ({type(error).__name__}: {error})"
+            )
+            self._discard(
+                store,
+                lookup,
+                f"removed {problem} and recomputed it",
+                f"recomputed {problem}, which stays in the read-only store",
             )
             return None
         if entry is not None and entry.info.fixture != lookup.name:
@@ -176,31 +300,44 @@ class Memoized:
         if entry is not None and lookup.refresh and entry.info.run != lookup.run:
             # Decided by the run's identity, not by comparing the file's time with the
             # clock: a cache restored with timestamps from the future is refreshed too.
+            self._reasons[lookup.key] = "recomputed for --memo-refresh"
+            return None
+        if entry is not None and (reason := self._stale(store, lookup, entry)) is not None:
+            self._reasons[lookup.key] = reason
             return None
         return entry
 
-    def _discard(self, store: Store, lookup: Lookup, what: str, detail: str = "") -> None:
-        """Remove an entry that cannot be served; in a read-only store it stays."""
+    def _discard(self, store: Store, lookup: Lookup, removed: str, kept: str) -> None:
+        """Remove an entry that cannot be served (message ``removed``); in a read-only
+        store it stays (message ``kept``)."""
         if not store.read_only:
             try:
                 store.remove(lookup.key)
             except OSError as error:
                 self._fail(store, error)
             else:
-                warn(f"removed {what} and recomputed it{detail}")
+                warn(removed, lookup.where)
                 return
-        warn(f"recomputed {what}, which stays in the read-only store{detail}")
+        warn(kept, lookup.where)
 
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
         stats = self.stats.of(lookup.name)
         stats.hits += 1
-        stats.seconds_saved += entry.info.seconds
+        self.stats.saved(lookup.key, lookup.name, entry.info.seconds)
         try:
             store.note_hit(entry)
         except OSError as error:
             self._fail(store, error)
 
-    def _keep(self, store: Store, lookup: Lookup, value: Any, seconds: float) -> None:
+    def _keep(
+        self,
+        store: Store,
+        lookup: Lookup,
+        value: Any,
+        seconds: float,
+        parts: explain.Parts,
+        recorder: reads.Recorder | None,
+    ) -> None:
         stats = self.stats.of(lookup.name)
         stats.misses += 1
         stats.seconds_computed += seconds
@@ -227,11 +364,19 @@ class Memoized:
         except Exception as error:  # pickling runs user code: any error is possible
             warn(
                 f"the value of {lookup.what} could not be stored ({type(error).__name__}: "
-                f"{error}); the test uses the computed value and it is not memoized"
+                f"{error}); the test uses the computed value and it is not memoized",
+                lookup.where,
             )
             return
         if invalidated:
             stats.invalidated += 1
+        self._contents.pop(lookup.key, None)  # a new value under this key
+        files = {}
+        if recorder is not None and self.rootdir is not None:
+            files = {path: reads.file_state(self.rootdir, path) for path in sorted(recorder.files)}
+        manifest = explain.Manifest({"created": info.created, "parts": parts, "files": files})
+        with contextlib.suppress(OSError):  # the entry stands without it
+            explain.write_manifest(store, lookup.key, manifest)
 
     def _fail(self, store: Store, error: OSError) -> None:
         """Writing failed: the store is used read-only from now on (one warning)."""
@@ -260,10 +405,33 @@ class NotMemoized:
     def get_or_compute(self, compute: Callable[[], Any], lookup: Callable[[], Lookup]) -> Any:
         return compute()
 
+    def contains(self, lookup: Lookup) -> bool:
+        return False
+
     @contextlib.contextmanager
     def claim(self, lookup: Lookup) -> Iterator[Claim]:
         yield Claim(None, None)
 
 
-def warn(message: str) -> None:
-    warnings.warn(MemoWarning(f"pytest-memo: {message}"), stacklevel=2)
+_REGISTRY: dict[Any, Any] = {}
+
+
+def warn(message: str, where: tuple[str, int] | None = None) -> None:
+    """A MemoWarning; with ``where`` (a file and line of the user's code: the fixture or
+    function concerned) the warning points there rather than into pytest-memo."""
+    warning = MemoWarning(f"pytest-memo: {message}")
+    if where is None:
+        warnings.warn(warning, stacklevel=2)
+    else:
+        # With a registry, as warnings.warn has: the same warning from the same place is
+        # shown once (a retry under the key's lock must not repeat it).
+        warnings.warn_explicit(warning, MemoWarning, where[0], where[1], registry=_REGISTRY)
+
+
+def code_location(function: Any) -> tuple[str, int] | None:
+    """The file and first line of a function (under its decorators), for :func:`warn`."""
+    function = getattr(function, "__func__", function)
+    with contextlib.suppress(ValueError):  # a wrapper loop
+        function = inspect.unwrap(function)
+    code = getattr(function, "__code__", None)
+    return None if code is None else (code.co_filename, code.co_firstlineno)

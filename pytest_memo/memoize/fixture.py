@@ -9,6 +9,7 @@ so pytest caches, scopes and tears down the value exactly as if it had been comp
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,11 @@ from pytest_memo.core.inspection import (
     reads_requesting_test,
     request_escapes,
     setting_names,
+    string_constants,
 )
-from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, warn
-from pytest_memo.memoize.keys import CodeFingerprints, combine, files_digest
+from pytest_memo.memoize import explain, reads
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
+from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine, files_digest
 from pytest_memo.memoize.marker import MemoOptions, options_of
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.pytest_compat import PYTEST_PER_RUN_FIXTURES, active_fixturedef
@@ -55,8 +58,10 @@ class FixtureMemo:
             else Memoized(settings.store, self.stats, settings.rootdir, settings.project)
         )
         self.pruned: int | None = None  # entries removed by --memo-prune
+        self.removed: list[str] = []  # what --memo-clear and --memo-max-size removed
         self.fingerprints = CodeFingerprints(settings.rootdir)
         self._keys: dict[object, str] = {}  # FixtureDef -> key of its current value
+        self._environment: dict[object, list[str]] = {}  # function -> variables it reads
 
     @property
     def store(self) -> Store | None:
@@ -90,6 +95,10 @@ class FixtureMemo:
     def setup(
         self, fixturedef: Any, request: Any, options: MemoOptions
     ) -> Generator[None, Any, Any]:
+        # Until this setup stores a key, dependents key this fixture by its value: a key
+        # left from an earlier setup (another test, another parameter) would name a value
+        # that this one, computed unmemoized, is not.
+        self._keys.pop(fixturedef, None)
         message = refusal(fixturedef, options)  # for fixtures requested by getfixturevalue
         if message is None:
             try:
@@ -109,16 +118,18 @@ class FixtureMemo:
             warn(
                 f"fixture {fixturedef.argname!r} calls request.getfixturevalue(): the values "
                 "it gets that way cannot enter its key, so it is computed, not memoized; "
-                "request those fixtures as arguments instead"
+                "request those fixtures as arguments instead",
+                code_location(function),
             )
             return (yield)
         try:
-            key, slot = self._key(fixturedef, request, options)
+            key, slot, parts = self._key(fixturedef, request, options)
         except _NotKeyable as problem:
             warn(
                 f"fixture {fixturedef.argname!r} {problem}, which cannot enter its key, so it "
                 "is computed, not memoized; read what it needs in a fixture that is not "
-                "memoized and pass plain values to this one (as arguments or parameters)"
+                "memoized and pass plain values to this one (as arguments or parameters)",
+                code_location(function),
             )
             return (yield)
         self._keys[fixturedef] = key
@@ -133,6 +144,9 @@ class FixtureMemo:
             compress=options.compress,
             run=self.settings.run,
             refresh=self.settings.refresh,
+            parts=parts,
+            max_age=options.max_age,
+            where=code_location(fixturedef.func),
         )
         with self.engine.claim(lookup) as claim:
             if claim.entry is not None:
@@ -143,7 +157,9 @@ class FixtureMemo:
 
     # -- keys -----------------------------------------------------------------
 
-    def _key(self, fixturedef: Any, request: Any, options: MemoOptions) -> tuple[str, str]:
+    def _key(
+        self, fixturedef: Any, request: Any, options: MemoOptions
+    ) -> tuple[str, str, Callable[[], explain.Parts]]:
         function = getattr(fixturedef.func, "__func__", fixturedef.func)
         # The source file (relative to the rootdir) tells apart same-named conftest modules.
         identity = f"{self._source(function)}:{function.__module__}:{function.__qualname__}"
@@ -152,11 +168,16 @@ class FixtureMemo:
             # request.node, request.module, ...: the value may depend on the requesting
             # test, and on what the code reads of it (marks, parameters, attributes).
             param = hash((param, request.node.nodeid, self._test_read(function, request)))
-        options_read = _options_read(function, request.config)
+        instance = _bound_instance(fixturedef, request)
+        if instance is not None:
+            # A fixture method's self is the test's instance: what setup_method or another
+            # fixture set on it (self.n) is data the value depends on.
+            param = hash((param, self._instance_read(instance)))
+        options_read = _options_read(function, request.config, fixturedef.argnames)
         dependencies = {
             name: self._dependency(fixturedef, request, name)
             for name in fixturedef.argnames
-            if name != "request" and name not in options.ignore
+            if name not in ("request", CONFIG_FIXTURE) and name not in options.ignore
         }
         files = None
         if options.depends:
@@ -164,8 +185,11 @@ class FixtureMemo:
             files, unmatched = files_digest(self.settings.rootdir, options.depends)
             for pattern in unmatched:
                 warn(
-                    f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches no file"
+                    f"depends pattern {pattern!r} of fixture {fixturedef.argname!r} matches "
+                    "no file",
+                    code_location(function),
                 )
+        environment = self._environment_read(function)
         key = combine(
             identity=identity,
             code=self.fingerprints.of(function),
@@ -174,8 +198,41 @@ class FixtureMemo:
             files=files,
             version=hash(options.version),
             command_line=options_read,
+            **({"environment": environment} if environment else {}),
         )
-        return key, combine(identity=identity, param=param)
+
+        def parts() -> explain.Parts:
+            found = explain.code_parts(self.fingerprints, function)
+            for name, dependency in dependencies.items():
+                found[f"dependency:{name}"] = [hash(dependency), dependency[0], None]
+            for pattern in options.depends:
+                for path in sorted(self.settings.rootdir.glob(pattern)):
+                    if path.is_file():
+                        relative = path.relative_to(self.settings.rootdir).as_posix()
+                        found[f"file:{relative}"] = [reads.file_digest(path), None, None]
+            found["version"] = [hash(options.version), explain.readable(options.version), None]
+            for name, digest in (options_read or {}).items():
+                kind, _, text = name.partition(":")
+                getter = request.config.getoption if kind == "option" else request.config.getini
+                found[name] = [digest, explain.readable(getter(text)), None]
+            for name, digest in environment.items():
+                found[f"env:{name}"] = [digest, None, None]
+            found["python"] = [PYTHON, PYTHON, None]
+            if hasattr(request, "param"):
+                found["param"] = [param, explain.readable(request.param, 40), None]
+            return found
+
+        return key, combine(identity=identity, param=param), parts
+
+    def _environment_read(self, function: Any) -> dict[str, str]:
+        """The environment variables the fixture's code (and the project code it calls)
+        reads by name, with digests of their values in this run."""
+        variables = self._environment.get(function)
+        if variables is None:
+            variables = self._environment[function] = reads.environment_names(
+                function, self.fingerprints.module_in_project
+            )
+        return {name: hash(os.environ.get(name)) for name in variables}
 
     def _test_read(self, function: Any, request: Any) -> list[Any]:
         """Digests of what the code may read of the requesting test: its marks, its
@@ -223,6 +280,19 @@ class FixtureMemo:
                     raise _NotKeyable(f"reads request.{where}.{name} ({error})") from None
         return read
 
+    def _instance_read(self, instance: object) -> list[Any]:
+        """Digests of the attributes of the test's instance, which a fixture method reads
+        through ``self``, directly or through the methods it calls."""
+        read = []
+        for name, value in sorted(getattr(instance, "__dict__", {}).items()):
+            try:
+                read.append((name, self.fingerprints.data_digest(value)))
+            except UnhashableError as error:
+                raise _NotKeyable(
+                    f"runs with the test's instance as self, and self.{name} ({error})"
+                ) from None
+        return read
+
     def _param(self, fixturedef: Any, request: Any) -> str | None:
         if not hasattr(request, "param"):
             return None
@@ -237,6 +307,18 @@ class FixtureMemo:
     def _dependency(self, fixturedef: Any, request: Any, name: str) -> Any:
         dependency = active_fixturedef(request, name)
         key = self._keys.get(dependency)
+        if key is not None and isinstance(self.engine, Memoized):
+            # Early cutoff: keyed on the upstream value's content, not on its key, so an
+            # upstream edit that gives the same value does not recompute this fixture.
+            try:
+                return (
+                    "memo",
+                    self.engine.content_digest(
+                        key, lambda: self.fingerprints.data_digest(request.getfixturevalue(name))
+                    ),
+                )
+            except UnhashableError:
+                return ("memo-key", key)
         if key is not None:
             return ("memo", key)
         try:
@@ -255,6 +337,8 @@ class FixtureMemo:
             return str(getattr(function, "__module__", "?"))
 
 
+# pytest's config as a fixture: what the code reads of it enters the key, as of request.config.
+CONFIG_FIXTURE = "pytestconfig"
 # Methods of a test's node whose answers depend only on its marks and parameters.
 NODE_QUERIES = frozenset({"get_closest_marker", "iter_markers", "iter_markers_with_node"})
 REQUEST_ATTRIBUTES = REQUESTING_TEST_ATTRIBUTES | FIXTURE_ATTRIBUTES
@@ -267,6 +351,21 @@ class _NotKeyable(Exception):
 
 class _Refused(Exception):
     """The fixture cannot be memoized: the message says why and what to do."""
+
+
+def _bound_instance(fixturedef: Any, request: Any) -> object | None:
+    """The test's instance when the fixture is a method of its class: pytest binds the
+    method to ``request.instance`` (see ``resolve_fixture_function``)."""
+    bound_to = getattr(fixturedef.func, "__self__", None)
+    if bound_to is None or isinstance(bound_to, type):
+        return None
+    try:
+        instance: object = request.instance
+    except Exception:
+        return None
+    if instance is None or not isinstance(instance, type(bound_to)):
+        return None
+    return instance
 
 
 def _returning(value: Any) -> Callable[..., Any]:
@@ -293,10 +392,15 @@ def _serve(fixturedef: Any, function: Callable[..., Any]) -> Generator[None, Any
         fixturedef.func = original
 
 
-def _options_read(function: Any, config: pytest.Config) -> dict[str, str] | None:
+def _options_read(
+    function: Any, config: pytest.Config, argnames: Any = ()
+) -> dict[str, str] | None:
     """Command-line options and ini values the code names (``request.config.getoption
-    ("size")``), with the values they have in this run: they enter the key."""
+    ("size")``, ``pytestconfig.getini("mode")``), with the values they have in this run:
+    they enter the key."""
     candidates = setting_names(function.__code__)
+    if candidates is None and CONFIG_FIXTURE in argnames:
+        candidates = sorted(string_constants(function.__code__))
     if candidates is None:
         return None
     if "option" in names(function.__code__):  # request.config.option.size
@@ -350,6 +454,8 @@ def refusal(fixturedef: Any, options: MemoOptions) -> str | None:
             "@pytest.mark.memo; keep this fixture unmemoized, taking the data as an argument."
         )
     for argument in fixturedef.argnames:
+        if argument == CONFIG_FIXTURE:
+            continue  # the run's config: the options and ini values it reads enter the key
         if argument in PYTEST_PER_RUN_FIXTURES and argument not in options.ignore:
             return (
                 f"pytest-memo: fixture {name!r} depends on {argument!r}, which is different "

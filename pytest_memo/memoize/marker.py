@@ -29,15 +29,16 @@ class MemoOptions:
     depends: tuple[str, ...] = ()
     compress: object = None
     mmap: bool = False
+    max_age: float | None = None  # seconds
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def parse(cls, kwargs: dict[str, Any], where: str = "pytest.mark.memo") -> MemoOptions:
-        unknown = set(kwargs) - {"version", "ignore", "depends", "compress", "mmap"}
+        unknown = set(kwargs) - {"version", "ignore", "depends", "compress", "mmap", "max_age"}
         if unknown:
             raise TypeError(
                 f"{where} got unknown option(s) {', '.join(sorted(unknown))}; "
-                "valid options are version, ignore, depends, compress and mmap"
+                "valid options are version, ignore, depends, compress, mmap and max_age"
             )
         from pytest_memo.core import codecs  # here: it imports numpy and blosc
 
@@ -48,7 +49,34 @@ class MemoOptions:
             depends=_names(kwargs.get("depends", ()), "depends", where),
             compress=kwargs.get("compress"),
             mmap=bool(kwargs.get("mmap", False)),
+            max_age=parse_age(kwargs.get("max_age"), where),
         )
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(value: object, where: str = "pytest.mark.memo") -> float | None:
+    """``max_age=``: seconds (a number), or a string such as ``"30m"``, ``"12h"``, ``"7d"``."""
+    if value is None:
+        return None
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        unit = text[-1:] if text[-1:] in _AGE_UNITS else "s"
+        number = text[:-1] if text[-1:] in _AGE_UNITS else text
+        try:
+            seconds = float(number) * _AGE_UNITS[unit]
+        except ValueError:
+            seconds = None
+    if seconds is None or seconds != seconds or seconds <= 0:
+        raise TypeError(
+            f"{where}: max_age= takes a positive number of seconds or a duration such as "
+            f"'30m', '12h' or '7d', got {value!r}"
+        )
+    return seconds
 
 
 def _names(value: object, option: str, where: str) -> tuple[str, ...]:

@@ -4,7 +4,9 @@ the work is done in ``fixture_memo`` and ``store``, which know nothing of these 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
+import sys
 import uuid
 import warnings
 from collections.abc import Generator
@@ -14,9 +16,11 @@ from typing import Any
 import pytest
 
 from pytest_memo.memoize import cache as memory
-from pytest_memo.memoize import marker
+from pytest_memo.memoize import explain, marker
+from pytest_memo.memoize.engine import Memoized
 from pytest_memo.memoize.fixture import FixtureMemo, Settings
-from pytest_memo.memoize.stats import listing_table, parse_size
+from pytest_memo.memoize.progress import Progress
+from pytest_memo.memoize.stats import format_size, listing_table, listing_totals, parse_size
 from pytest_memo.store import signing
 from pytest_memo.store.local import Store, StoreRepairWarning
 from pytest_memo.store.location import (
@@ -58,7 +62,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="recompute memoized fixtures and store them again",
     )
-    group.addoption("--memo-show", action="store_true", help="list the stored values and exit")
+    group.addoption(
+        "--memo-show",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="GLOB",
+        help="list the stored values (of the fixtures whose names match GLOB) and exit; "
+        "with -v, the parts of each entry's key",
+    )
+    group.addoption(
+        "--memo-explain",
+        action="store_true",
+        help="say, for each memoized value computed in the run, what changed since the "
+        "earlier entry of the same fixture and parameter",
+    )
     group.addoption(
         "--memo-prune",
         action="store_true",
@@ -117,6 +135,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="",
     )
     parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
+    parser.addini(
+        "memo_progress_after",
+        "seconds after which a memoized fixture still computing is named on the terminal",
+        default="2",
+    )
 
 
 def _store(config: pytest.Config) -> Store:
@@ -168,7 +191,7 @@ def _is_worker(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
-    if not config.getoption("memo_show"):
+    if config.getoption("memo_show") is None:
         return None
     # wrap_session configures the terminal, as --cache-show does
     from pytest_memo.pytest_compat import wrap_session
@@ -177,28 +200,47 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def _show(config: pytest.Config, session: pytest.Session) -> int:
+    pattern = config.getoption("memo_show")
     store = _store(config)
     try:
         with warnings.catch_warnings(record=True) as repairs:
             warnings.simplefilter("always", StoreRepairWarning)
-            entries = store.listing()
+            entries = [
+                entry for entry in store.listing() if fnmatch.fnmatchcase(entry.fixture, pattern)
+            ]
+        manifests = {entry.key: explain.read_manifest(store, entry.key) for entry in entries}
     finally:
         store.close()
+    params = {
+        key: str(manifest.parts["param"][1])
+        for key, manifest in manifests.items()
+        if manifest is not None and "param" in manifest.parts
+    }
+    entries.sort(key=lambda entry: (entry.fixture, params.get(entry.key, ""), -entry.last_used))
     writer = config.get_terminal_writer()
     for repair in repairs:
         writer.line(f"{type(repair.message).__name__}: {repair.message}", yellow=True)
     writer.sep("-", f"pytest-memo store: {store.root}")
     if not entries:
-        writer.line("(empty)")
-    for line in listing_table(entries):
-        writer.line(line)
+        writer.line("(empty)" if pattern == "*" else f"no stored values match {pattern!r}")
+        return 0
+    verbose = config.get_verbosity() > 0
+    header, *rows = listing_table(entries, params=params)
+    writer.line(header)
+    for entry, row in zip(entries, rows, strict=True):
+        writer.line(row)
+        if verbose:
+            for line in explain.detail_lines(manifests[entry.key]):
+                writer.line(f"    {line}")
+    writer.line(listing_totals(entries))
     return 0
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "memo(version=None, ignore=(), depends=(), compress=None, mmap=False): store the "
+        "memo(version=None, ignore=(), depends=(), compress=None, mmap=False, max_age=None): "
+        "store the "
         "fixture's value on disk and load it on later runs while its code, parameters, "
         "dependencies and files are unchanged (pytest-memo)",
     )
@@ -222,6 +264,23 @@ def pytest_configure(config: pytest.Config) -> None:
         store.read_only = True  # the main process found it read-only and said so
     if store is not None and not _is_worker(config):
         _prepare(config, store)
+        _start_progress(config)
+
+
+def _start_progress(config: pytest.Config) -> None:
+    """The live line (progress.py), in the main process of a run with a terminal."""
+    text = config.getini("memo_progress_after")
+    try:
+        after = float(text)
+    except ValueError:
+        raise pytest.UsageError(
+            f"memo_progress_after: {text!r} is not a number of seconds"
+        ) from None
+    engine = config.stash[MEMO].engine
+    if config.get_verbosity() < 0 or not isinstance(engine, Memoized):
+        return
+    with contextlib.suppress(ValueError, OSError):  # no real file behind stdout
+        engine.progress = Progress.of_terminal(sys.stdout.fileno(), after)
 
 
 def _run_identity(config: pytest.Config) -> str:
@@ -263,6 +322,7 @@ def _prepare_store(config: pytest.Config, store: Store) -> None:
             store.probe()
         if clear is not None:
             removed = store.clear(None if clear == CLEAR_ALL else clear)
+            config.stash[MEMO].removed.append(_cleared(clear, removed))
             # ``--memo-clear tests/`` takes the path as a fixture name (the option's value
             # is optional) and the run would go on without it: refuse rather than run
             # other tests with nothing cleared.
@@ -350,7 +410,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 project=memo.settings.project,
             )
         if (limit := _max_size(config)) is not None:
-            memo.store.evict(limit)
+            evicted = memo.store.evict(limit)
+            memo.removed.append(
+                f"{len(evicted)} least recently used removed (--memo-max-size {format_size(limit)})"
+            )
     except OSError as error:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"pytest-memo: cannot update the store index: {error}"),
@@ -388,6 +451,14 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
         config.stash[DESELECTED] = config.stash.get(DESELECTED, 0) + len(items)
 
 
+def _cleared(clear: str, removed: int) -> str:
+    if clear == CLEAR_ALL:
+        return f"{removed} removed (--memo-clear)"
+    if removed:
+        return f"{removed} of fixture {clear!r} removed (--memo-clear)"
+    return f"--memo-clear={clear}: no stored values of a fixture named {clear!r}"
+
+
 def _ran_everything(session: pytest.Session) -> bool:
     """Did this run use every test of the suite?  Only then may it prune unused entries.
 
@@ -410,7 +481,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     memo = config.stash.get(MEMO, None)
     if memo is None or memo.settings.store is None:
         return
-    if not memo.stats.fixtures and memo.pruned is None:
+    if not memo.stats.fixtures and memo.pruned is None and not memo.removed:
         return
     store = memo.settings.store
     try:
@@ -426,7 +497,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         remote = getattr(store, "remote_pruned", None)
         if remote is not None:
             line += f", {remote} from the remote store"
+    for removed in memo.removed:
+        line += f"; {removed}"
     terminalreporter.write_line(line)
+    if config.getoption("memo_explain"):
+        for name, reason in memo.stats.explained:
+            terminalreporter.write_line(f"  {name}: {reason}")
     if config.get_verbosity() > 0:
         for line in memo.stats.table():
             terminalreporter.write_line("  " + line)
@@ -434,6 +510,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     memo = config.stash.get(MEMO, None)
+    progress = getattr(memo.engine, "progress", None) if memo is not None else None
+    if progress is not None:
+        progress.close()
     if memo is not None and os.environ.get(RUN_VARIABLE) == memo.settings.run:
         del os.environ[RUN_VARIABLE]
     if memo is not None and memo.settings.store is not None:

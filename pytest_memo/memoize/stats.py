@@ -76,6 +76,20 @@ class RunStats:
     # Keys looked up and slots filled during the run, for --memo-prune.
     used_keys: set[str] = field(default_factory=set)
     used_slots: set[str] = field(default_factory=set)
+    # Why each value computed in the run was computed (--memo-explain): (name, reason).
+    explained: list[tuple[str, str]] = field(default_factory=list)
+    # Keys whose stored value saved time in this run: each counts once, however many
+    # tests, scopes or worker processes loaded it.
+    saved_by_key: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def saved(self, key: str, name: str, seconds: float) -> None:
+        """A hit on ``key``, whose value took ``seconds`` to compute."""
+        if key not in self.saved_by_key:
+            self.saved_by_key[key] = (name, seconds)
+            self.of(name).seconds_saved += seconds
+
+    def explain(self, name: str, reason: str) -> None:
+        self.explained.append((name, reason))
 
     def of(self, name: str) -> FixtureStats:
         return self.fixtures.setdefault(name, FixtureStats())
@@ -85,9 +99,13 @@ class RunStats:
         for name, counts in other.get("fixtures", {}).items():
             mine = self.of(name)
             for attribute, value in counts.items():
-                setattr(mine, attribute, getattr(mine, attribute) + value)
+                if attribute != "seconds_saved":  # from "saved", once per key
+                    setattr(mine, attribute, getattr(mine, attribute) + value)
+        for key, name, seconds in other.get("saved", ()):
+            self.saved(key, name, seconds)
         self.used_keys.update(other.get("used_keys", ()))
         self.used_slots.update(other.get("used_slots", ()))
+        self.explained.extend((name, reason) for name, reason in other.get("explained", ()))
 
     def as_dict(self) -> dict[str, Any]:
         """Plain lists and dicts: what xdist and --par workers send to the main process."""
@@ -95,7 +113,12 @@ class RunStats:
             "fixtures": {name: asdict(stats) for name, stats in self.fixtures.items()},
             "used_keys": sorted(self.used_keys),
             "used_slots": sorted(self.used_slots),
+            "explained": [list(item) for item in self.explained],
+            "saved": self._saved_list(),
         }
+
+    def _saved_list(self) -> list[tuple[str, str, float]]:
+        return [(key, name, seconds) for key, (name, seconds) in sorted(self.saved_by_key.items())]
 
     def total(self) -> FixtureStats:
         total = FixtureStats()
@@ -132,14 +155,18 @@ class RunStats:
         return _aligned(rows)
 
 
-def listing_table(entries: list[Listing], now: float | None = None) -> list[str]:
-    """The ``--memo-show`` table."""
+def listing_table(
+    entries: list[Listing], now: float | None = None, params: dict[str, str] | None = None
+) -> list[str]:
+    """The ``--memo-show`` table; ``params`` the readable parameter of each key."""
     now = time.time() if now is None else now
-    rows = [("fixture", "key", "size", "created", "last used", "hits", "saved")]
+    params = params or {}
+    rows = [("fixture", "param", "key", "size", "created", "last used", "hits", "saved")]
     for entry in entries:
         rows.append(
             (
                 entry.fixture,
+                params.get(entry.key, ""),
                 entry.key[:12],
                 format_size(entry.size),
                 format_age(now - entry.created),
@@ -148,15 +175,29 @@ def listing_table(entries: list[Listing], now: float | None = None) -> list[str]
                 f"{entry.hits * entry.seconds:.1f} s",
             )
         )
-    return _aligned(rows)
+    if not params:  # no parametrized fixture: no parameter column
+        return _aligned([row[:1] + row[2:] for row in rows])
+    return _aligned(rows, left=2)
 
 
-def _aligned(rows: Sequence[tuple[str, ...]]) -> list[str]:
+def listing_totals(entries: list[Listing]) -> str:
+    size = sum(entry.size for entry in entries)
+    saved = sum(entry.hits * entry.seconds for entry in entries)
+    fixtures = len({entry.fixture for entry in entries})
+    return (
+        f"{len(entries)} entr{'ies' if len(entries) != 1 else 'y'} of {fixtures} "
+        f"fixture{'s' * (fixtures != 1)}, {format_size(size)}, {saved:.1f} s saved so far"
+    )
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], left: int = 1) -> list[str]:
+    """Columns aligned: the first ``left`` to the left, the others (numbers) to the right."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        cells = [
+            cell.ljust(width) if column < left else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
     return lines

@@ -507,6 +507,7 @@ class Store:
         with contextlib.suppress(NotADirectoryError):
             self._remove_path(path)
             self._remove_path(path.with_suffix(".sig"))
+            self._remove_path(path.with_suffix(".parts"))  # the manifest: see explain.py
         self._query(lambda index: index.execute("DELETE FROM entries WHERE key = ?", (key,)))
 
     def lock(self, key: str) -> filelock.BaseFileLock:
@@ -767,6 +768,15 @@ class Store:
             )
         )
 
+    def keys_in_slot(self, slot: str) -> list[tuple[str, float]]:
+        """The keys of the entries in ``slot``, with the time each was created."""
+        rows = self._query(
+            lambda index: index.execute(
+                "SELECT key, created FROM entries WHERE slot = ?", (slot,)
+            ).fetchall()
+        )
+        return [(str(key), float(created)) for key, created in rows]
+
     def has_other_in_slot(self, slot: str, key: str, project: str = "") -> bool:
         """Whether the store holds another key for ``slot`` written by ``project`` (or by a
         version that recorded no project): another project's slot of the same name is not
@@ -901,6 +911,7 @@ class Store:
             with contextlib.suppress(NotADirectoryError):
                 self._remove_path(path)
                 self._remove_path(path.with_suffix(".sig"))
+                self._remove_path(path.with_suffix(".parts"))  # the manifest: see explain.py
         self._query(
             lambda index: index.executemany(
                 "DELETE FROM entries WHERE key = ?", [(key,) for key in keys]
