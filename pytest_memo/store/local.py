@@ -567,6 +567,8 @@ class Store:
 
     def remove_leftovers(self, deep: bool = False) -> tuple[int, int]:
         """Remove the temporary files of writers that were killed; returns (how many, bytes)."""
+        if self.read_only:
+            return 0, 0
         gone, _ = self._leftovers(deep)
         count = size = 0
         for path in gone:
@@ -770,6 +772,8 @@ class Store:
 
     def keys_in_slot(self, slot: str) -> list[tuple[str, float]]:
         """The keys of the entries in ``slot``, with the time each was created."""
+        if self.read_only:  # from the entry files: opening the index may write to it
+            return [(row.key, row.created) for row in self._scanned_listing() if row.slot == slot]
         rows = self._query(
             lambda index: index.execute(
                 "SELECT key, created FROM entries WHERE slot = ?", (slot,)
