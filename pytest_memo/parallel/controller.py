@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -87,7 +85,7 @@ class Controller:
 
     def run(self) -> None:
         try:
-            with held_terminal_output(self.config) as output, _sigterm_as_ctrl_c():
+            with held_terminal_output(self.config) as output:
                 if self.spawner is None:
                     install_recorder(self.config)  # inherited by every forked worker
                 self._start_workers(self.scheduler.wanted)
@@ -385,28 +383,6 @@ def _marked_timeouts(items: Sequence[pytest.Item]) -> dict[int, float | None]:
         except (TypeError, ValueError):
             continue
     return limits
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM (sent by ``timeout``, CI runners, IDEs) ends the run as Ctrl-C does: the
-    workers and what their tests started are stopped and the summary says what ran."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):  # someone else's handler: theirs to keep
-        yield
-        return
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _passed(events: Sequence[Event]) -> bool:

@@ -21,6 +21,7 @@ import functools
 import inspect
 import os
 import pickle
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Generator
@@ -51,8 +52,11 @@ def once_per_run(function: F) -> F:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, None, None]:
         values = _shared_values()
-        if key in values:  # set up by the main process: its to tear down
-            yield values[key]
+        # One value per parameter of a parametrized fixture (its request tells which).
+        request = kwargs.get("request")
+        slot = f"{key}[{getattr(request, 'param_index', 0)}]"
+        if slot in values:  # set up by the main process: its to tear down
+            yield values[slot]
             return
         owner = os.getpid()
         steps = None
@@ -61,12 +65,12 @@ def once_per_run(function: F) -> F:
             value = next(steps)
         else:
             value = function(*args, **kwargs)
-        values[key] = value
+        values[slot] = value
         try:
             yield value
         finally:
             if os.getpid() == owner:  # not a forked worker's copy
-                values.pop(key, None)
+                values.pop(slot, None)
                 if steps is not None:
                     for _ in steps:
                         raise ValueError(f"fixture {function.__name__} has more than one yield")
@@ -114,6 +118,7 @@ def set_up_in_main_process(session: pytest.Session) -> Callable[[], None]:
         keys.append(name)
     if not keys:
         return lambda: None
+    teardown = _TeardownReporter(session)
     shareable = {}
     for key, value in _values.items():
         try:
@@ -133,5 +138,26 @@ def set_up_in_main_process(session: pytest.Session) -> Callable[[], None]:
     def done() -> None:
         os.environ.pop(VALUES_VARIABLE, None)
         os.unlink(file.name)
+        teardown()
 
     return done
+
+
+class _TeardownReporter:
+    """Tears the main process's session fixtures down once the workers are done, and
+    reports a teardown that fails as an error of the last test, as a serial run does
+    (left to pytest's session finish, it would end the run with a bare traceback)."""
+
+    def __init__(self, session: pytest.Session) -> None:
+        self.session = session
+
+    def __call__(self) -> None:
+        if sys.exc_info()[0] is not None or not self.session.items:
+            return  # interrupted: pytest's session finish tears them down
+        state = self.session._setupstate
+        call = pytest.CallInfo.from_call(lambda: state.teardown_exact(None), when="teardown")
+        if call.excinfo is None:
+            return
+        item = self.session.items[-1]
+        report = pytest.TestReport.from_item_and_call(item, call)
+        self.session.config.hook.pytest_runtest_logreport(report=report)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -259,11 +263,12 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     _make_basetemp_once(session)
     from pytest_memo.parallel.once import set_up_in_main_process
 
-    shared_fixtures_done = set_up_in_main_process(session)
-    try:
-        _run_in_parallel(session, workers, order, expected, given)
-    finally:
-        shared_fixtures_done()
+    with _sigterm_as_ctrl_c():
+        shared_fixtures_done = set_up_in_main_process(session)
+        try:
+            _run_in_parallel(session, workers, order, expected, given)
+        finally:
+            shared_fixtures_done()
     if session.shouldfail:
         raise session.Failed(session.shouldfail)
     if session.shouldstop:
@@ -379,3 +384,26 @@ def _order_is_given(config: pytest.Config) -> str | None:
     ):
         return "shuffled"
     return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (sent by ``timeout``, CI runners, IDEs) ends the run as Ctrl-C does, in both
+    modes and during the once-per-run fixtures' setup: the workers and what their tests
+    started are stopped, the shared fixtures torn down, and the summary says what ran."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):  # someone else's handler: theirs to keep
+        yield
+        return
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
