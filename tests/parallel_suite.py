@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
+WITH_CACHE = FLAGS[2:]  # for runs that use recorded durations: kept in pytest's cache
 
 
 def lines(path: Path) -> list[list[str]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
+WITH_CACHE = FLAGS[2:]  # for runs that use recorded durations: kept in pytest's cache
 
 
 def rows(path: Path) -> list[list[str]]:
@@ -51,7 +52,7 @@ def test_a_parametrized_session_fixture_is_set_up_no_more_than_with_xdist(
 
     def count(*args: str) -> list[list[str]]:
         setups.unlink(missing_ok=True)
-        pytester.runpytest_subprocess(*FLAGS, *args).assert_outcomes(passed=60)
+        pytester.runpytest_subprocess(*WITH_CACHE, *args).assert_outcomes(passed=60)
         return rows(setups)
 
     assert len(count()) == 3
@@ -200,7 +201,7 @@ def test_a_shuffled_order_is_kept_on_later_runs(pytester: pytest.Pytester) -> No
         )
     for run in ("first", "second"):
         (pytester.path / "ran.txt").unlink(missing_ok=True)
-        pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=60)
+        pytester.runpytest_subprocess(*WITH_CACHE, "--par=2").assert_outcomes(passed=60)
         order = (pytester.path / "order.txt").read_text().split("\n")
         by_worker: dict[str, list[str]] = {}
         for nodeid, pid in rows(pytester.path / "ran.txt"):

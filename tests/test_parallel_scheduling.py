@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from parallel_suite import FLAGS, lines, start_pytest
+from parallel_suite import FLAGS, WITH_CACHE, lines, start_pytest
 
 PIDS = """
 import os, time, pytest
@@ -101,10 +101,10 @@ def test_scope_distribution_keeps_a_module_on_one_worker(pytester: pytest.Pytest
     assert all(len(pids) == 1 for pids in by_module.values())
 
 
-def test_durations_are_recorded_in_the_store(pytester: pytest.Pytester) -> None:
+def test_durations_are_recorded_in_pytests_cache(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one="def test_one():\n    pass\n\ndef test_two():\n    pass\n")
-    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=2)
-    recorded = (pytester.path / ".pytest_memo/v1/durations.json").read_text()
+    pytester.runpytest_subprocess(*WITH_CACHE, "--par=2").assert_outcomes(passed=2)
+    recorded = (pytester.path / ".pytest_cache/d/pytest_memo/durations.json").read_text()
     assert "test_one.py::test_one" in recorded and "test_one.py::test_two" in recorded
 
 
@@ -139,9 +139,9 @@ def test_long():
     time.sleep(1.0)
 """,
     )
-    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=14)
+    pytester.runpytest_subprocess(*WITH_CACHE, "--par=2").assert_outcomes(passed=14)
     (pytester.path / "ran.txt").unlink()
-    pytester.runpytest_subprocess(*FLAGS, "--par=2").assert_outcomes(passed=14)
+    pytester.runpytest_subprocess(*WITH_CACHE, "--par=2").assert_outcomes(passed=14)
     rows = [line.split() for line in (pytester.path / "ran.txt").read_text().splitlines()]
     long_worker = next(pid for pid, name in rows if name == "long")
     ran_there = [name for pid, name in rows if pid == long_worker]

@@ -21,13 +21,13 @@ from typing import Any, TypeVar, overload
 
 from pytest_memo.core.hashing import hash
 from pytest_memo.memoize import explain, reads
-from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location
+from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
 from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine
 from pytest_memo.memoize.marker import parse_age
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store import signing
 from pytest_memo.store.local import Store
-from pytest_memo.store.location import local_directory
+from pytest_memo.store.location import local_directory, refusal
 
 __all__ = ["cache", "use_store"]
 
@@ -52,9 +52,14 @@ def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
 def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
     if _Active.engine is None or _Active.fingerprints is None:
         directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
-        store = Store(directory, signing=signing.from_environment())
-        atexit.register(_save_hits, store)
-        use_store(Memoized(store, RunStats(), Path.cwd()), Path.cwd())
+        problem = refusal(directory, Path.cwd(), "$PYTEST_MEMO_DIR")
+        if problem is not None:
+            warn(f"{problem}; until then, cached functions compute every call")
+            use_store(NotMemoized(RunStats()), Path.cwd())
+        else:
+            store = Store(directory, signing=signing.from_environment())
+            atexit.register(_save_hits, store)
+            use_store(Memoized(store, RunStats(), Path.cwd()), Path.cwd())
     assert _Active.engine is not None and _Active.fingerprints is not None
     return _Active.engine, _Active.fingerprints
 

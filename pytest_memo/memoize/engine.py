@@ -20,13 +20,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.memoize import explain, reads
 from pytest_memo.memoize.progress import Progress
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Entry, EntryInfo, Store, UntrustedEntryError
+
+if TYPE_CHECKING:
+    import filelock
 
 __all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "code_location", "warn"]
 
@@ -69,9 +72,12 @@ class Claim:
 class Memoized:
     """Values kept in ``store``, counted in ``stats``."""
 
-    def __init__(self, store: Store, stats: RunStats, root: Path | None = None) -> None:
+    def __init__(
+        self, store: Store, stats: RunStats, root: Path | None = None, project: str = ""
+    ) -> None:
         self._store = store
         self.root = root  # the rootdir: paths inside it are stored relative to it
+        self.project = project  # recorded in the entries it writes (see --memo-prune)
         self.stats = stats
         self._broken = False
         self._prepared = False
@@ -131,12 +137,15 @@ class Memoized:
             return
         entry = self._read(store, lookup)
         if entry is None:
-            lock = store.lock(lookup.key)
-            try:
-                lock.acquire()
-            except OSError as error:  # the lock file cannot be created: read-only store
-                self._fail(error)
-                yield Claim(None, None)
+            lock = self._lock(store, lookup.key)
+            if lock is None:  # a read-only store: computed, counted, not stored
+                with self._computing(store, lookup) as (parts, recorder):
+                    yield Claim(
+                        None,
+                        lambda value, seconds: self._keep(
+                            store, lookup, value, seconds, parts, recorder
+                        ),
+                    )
                 return
             try:
                 entry = self._read(store, lookup)  # computed by another process meanwhile?
@@ -153,6 +162,18 @@ class Memoized:
                 lock.release()
         self._hit(store, lookup, entry)
         yield Claim(entry, None)
+
+    def _lock(self, store: Store, key: str) -> filelock.BaseFileLock | None:
+        """The key's lock, held; None in a read-only store, which takes no lock files."""
+        if store.read_only:
+            return None
+        try:
+            lock = store.lock(key)
+            lock.acquire()
+        except OSError as error:  # the lock file cannot be created: the store is read-only
+            self._fail(store, error)
+            return None
+        return lock
 
     @contextlib.contextmanager
     def _computing(
@@ -199,7 +220,7 @@ class Memoized:
         changed, touched = reads.check_files(self.rootdir, manifest.files)
         if changed is not None:
             return f"{changed} changed"
-        if touched:  # same content, new modification time: compare sizes and times again
+        if touched and not store.read_only:  # same content, new time: store sizes and times
             with contextlib.suppress(OSError):
                 explain.write_manifest(store, lookup.key, manifest)
         reads.note_files(manifest.files, self.rootdir)
@@ -215,7 +236,7 @@ class Memoized:
         store = self.store
         if store is not None:
             manifest = explain.read_manifest(store, key)
-            if manifest is not None:
+            if manifest is not None and not store.read_only:
                 manifest.content = digest
                 with contextlib.suppress(OSError):
                     explain.write_manifest(store, key, manifest)
@@ -230,7 +251,7 @@ class Memoized:
             try:
                 store.prepare()
             except OSError as error:
-                self._fail(error)
+                self._give_up(error)
                 return None
         return store
 
@@ -243,26 +264,36 @@ class Memoized:
         except UntrustedEntryError as error:
             # Signed by no one trusted (or not at all): never loaded; this job's own
             # value replaces it if it may sign.
-            warn(f"refused the stored entry of {lookup.what} and recomputed it: {error}")
-            store.remove(lookup.key)
+            self._discard(
+                store,
+                lookup,
+                f"refused the stored entry of {lookup.what} and recomputed it: {error}",
+                f"refused the stored entry of {lookup.what} and recomputed it (the entry "
+                f"stays in the read-only store): {error}",
+            )
             return None
         except CorruptFileError as error:
-            warn(
+            self._discard(
+                store,
+                lookup,
                 f"removed a damaged entry of {lookup.what} and recomputed it: {error}",
-                lookup.where,
+                f"recomputed a damaged entry of {lookup.what}, which stays in the read-only "
+                f"store: {error}",
             )
-            store.remove(lookup.key)
             return None
         except OSError as error:
             warn(f"cannot read the store entry of {lookup.what}: {error}", lookup.where)
             return None
         except Exception as error:  # unpickling runs user code (a class that changed shape)
-            warn(
-                f"removed an entry of {lookup.what} that no longer loads "
-                f"({type(error).__name__}: {error}) and recomputed it",
-                lookup.where,
+            problem = (
+                f"an entry of {lookup.what} that no longer loads ({type(error).__name__}: {error})"
             )
-            store.remove(lookup.key)
+            self._discard(
+                store,
+                lookup,
+                f"removed {problem} and recomputed it",
+                f"recomputed {problem}, which stays in the read-only store",
+            )
             return None
         if entry is not None and entry.info.fixture != lookup.name:
             return None  # not ours: never serve another fixture's value
@@ -276,6 +307,19 @@ class Memoized:
             return None
         return entry
 
+    def _discard(self, store: Store, lookup: Lookup, removed: str, kept: str) -> None:
+        """Remove an entry that cannot be served (message ``removed``); in a read-only
+        store it stays (message ``kept``)."""
+        if not store.read_only:
+            try:
+                store.remove(lookup.key)
+            except OSError as error:
+                self._fail(store, error)
+            else:
+                warn(removed, lookup.where)
+                return
+        warn(kept, lookup.where)
+
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
         stats = self.stats.of(lookup.name)
         stats.hits += 1
@@ -283,7 +327,7 @@ class Memoized:
         try:
             store.note_hit(entry)
         except OSError as error:
-            self._fail(error)
+            self._fail(store, error)
 
     def _keep(
         self,
@@ -297,6 +341,8 @@ class Memoized:
         stats = self.stats.of(lookup.name)
         stats.misses += 1
         stats.seconds_computed += seconds
+        if store.read_only:
+            return
         info = EntryInfo(
             fixture=lookup.name,
             source=lookup.source,
@@ -304,15 +350,16 @@ class Memoized:
             seconds=seconds,
             created=time.time(),
             run=lookup.run,
+            project=self.project,
         )
         try:
-            invalidated = store.has_other_in_slot(info.slot, lookup.key)
+            invalidated = store.has_other_in_slot(info.slot, lookup.key, self.project)
             from pytest_memo.core.serialize import rooted  # here: it imports numpy
 
             with rooted(self.root):
                 store.write(lookup.key, info, value, compress=lookup.compress)
         except OSError as error:
-            self._fail(error)
+            self._fail(store, error)
             return
         except Exception as error:  # pickling runs user code: any error is possible
             warn(
@@ -331,7 +378,11 @@ class Memoized:
         with contextlib.suppress(OSError):  # the entry stands without it
             explain.write_manifest(store, lookup.key, manifest)
 
-    def _fail(self, error: OSError) -> None:
+    def _fail(self, store: Store, error: OSError) -> None:
+        """Writing failed: the store is used read-only from now on (one warning)."""
+        store.became_read_only(error)
+
+    def _give_up(self, error: OSError) -> None:
         if not self._broken:
             warn(
                 f"cannot write to the store in {self._store.root} ({error}); fixtures are "

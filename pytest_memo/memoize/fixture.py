@@ -45,6 +45,7 @@ class Settings:
     run: str  # the run's identity, made in the main process and handed to its workers
     refresh: bool  # --memo-refresh: entries that other runs wrote are recomputed
     by_name: frozenset[str]  # the memo_fixtures ini option
+    project: str = ""  # the project's identity, recorded in its entries (--memo-prune)
 
 
 class FixtureMemo:
@@ -54,7 +55,7 @@ class FixtureMemo:
         self.engine: Memoized | NotMemoized = (
             NotMemoized(self.stats)
             if settings.store is None
-            else Memoized(settings.store, self.stats, settings.rootdir)
+            else Memoized(settings.store, self.stats, settings.rootdir, settings.project)
         )
         self.pruned: int | None = None  # entries removed by --memo-prune
         self.removed: list[str] = []  # what --memo-clear and --memo-max-size removed

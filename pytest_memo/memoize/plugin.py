@@ -23,7 +23,13 @@ from pytest_memo.memoize.progress import Progress
 from pytest_memo.memoize.stats import format_size, listing_table, listing_totals, parse_size
 from pytest_memo.store import signing
 from pytest_memo.store.local import Store, StoreRepairWarning
-from pytest_memo.store.location import DEFAULT_DIRECTORY, is_url, local_directory
+from pytest_memo.store.location import (
+    DEFAULT_DIRECTORY,
+    is_url,
+    local_directory,
+    project_identity,
+    refusal,
+)
 
 MEMO = pytest.StashKey[FixtureMemo]()
 CLEAR_ALL = "*all*"
@@ -31,6 +37,7 @@ CLEAR_ALL = "*all*"
 # in what they send back (workeroutput); --par workers speak the same protocol.
 WORKER_RUN = "pytest_memo_run"
 WORKER_STORE_UNUSABLE = "pytest_memo_unusable"
+WORKER_STORE_READ_ONLY = "pytest_memo_read_only"
 WORKER_OUTPUT = "pytest_memo"
 # How --par workers started as new interpreters learn the run's identity (forked ones
 # inherit it): set in the main process's environment while it runs.
@@ -90,6 +97,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "s3://bucket/prefix, gs://..., az://..., file://...",
     )
     group.addoption(
+        "--memo-read-only",
+        action="store_true",
+        help="use the stored values but write nothing to the store: no entries, index, "
+        "locks or durations (ini: memo_read_only), e.g. in pull-request jobs",
+    )
+    group.addoption(
         "--memo-max-size",
         default=None,
         metavar="SIZE",
@@ -104,11 +117,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="",
     )
     parser.addini(
+        "memo_read_only",
+        "use the store without writing to it (as --memo-read-only)",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
         "memo_prune_grace",
         "--memo-prune on a remote store removes entries no run used for this long (7d)",
         default="",
     )
     parser.addini("memo_max_size", "evict least recently used values beyond this size", default="")
+    parser.addini(
+        "memo_project",
+        "this project's name in a store that projects share: --memo-prune removes only the "
+        "entries it wrote (default: the name in pyproject.toml, else the rootdir's name)",
+        default="",
+    )
     parser.addini("memo_fixtures", "names of fixtures to memoize without a mark", type="args")
     parser.addini(
         "memo_progress_after",
@@ -122,8 +147,32 @@ def _store(config: pytest.Config) -> Store:
     if is_url(location):  # s3://bucket/prefix, file://..., any fsspec URL
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
 
-        return remote_store(config, location)
-    return Store(local_directory(config.rootpath, location), signing=signing.from_environment())
+        store: Store = remote_store(config, location)
+    else:
+        directory = local_directory(config.rootpath, location)
+        problem = refusal(directory, config.rootpath, f"--memo-dir / memo_dir {location!r}")
+        if problem is not None:
+            raise pytest.UsageError(problem)
+        store = Store(directory, signing=signing.from_environment())
+    store.read_only = _read_only(config)
+    return store
+
+
+def _read_only(config: pytest.Config) -> bool:
+    """--memo-read-only / memo_read_only: options that write the store are usage errors."""
+    if not (config.getoption("memo_read_only") or config.getini("memo_read_only")):
+        return False
+    for option, name in (
+        ("memo_clear", "--memo-clear"),
+        ("memo_prune", "--memo-prune"),
+        ("memo_max_size", "--memo-max-size"),
+    ):
+        if config.getoption(option) not in (None, False):
+            raise pytest.UsageError(
+                f"{name} writes to the store, and --memo-read-only / memo_read_only says "
+                f"this run must not: drop one of them"
+            )
+    return True
 
 
 def _max_size(config: pytest.Config) -> int | None:
@@ -205,11 +254,14 @@ def pytest_configure(config: pytest.Config) -> None:
             run=run,
             refresh=bool(config.getoption("memo_refresh")),
             by_name=frozenset(config.getini("memo_fixtures")),
+            project=project_identity(config.rootpath, config.getini("memo_project")),
         )
     )
     memory.use_store(config.stash[MEMO].engine, config.rootpath)
     if getattr(config, "workerinput", {}).get(WORKER_STORE_UNUSABLE):
         config.stash[MEMO].store_unusable()  # the main process has warned about it
+    if store is not None and getattr(config, "workerinput", {}).get(WORKER_STORE_READ_ONLY):
+        store.read_only = True  # the main process found it read-only and said so
     if store is not None and not _is_worker(config):
         _prepare(config, store)
         _start_progress(config)
@@ -259,7 +311,15 @@ def _prepare(config: pytest.Config, store: Store) -> None:
 def _prepare_store(config: pytest.Config, store: Store) -> None:
     clear = config.getoption("memo_clear")
     try:
-        store.prepare()
+        if store.root.exists():
+            store.prepare()
+        else:
+            # Made only when something is memoized (the engine prepares it then): a project
+            # with the plugin installed and nothing memoized gets no directory.  Whether it
+            # can be made is checked now, for one warning before any worker starts.
+            if not store.read_only:
+                store.check_creatable()
+            store.probe()
         if clear is not None:
             removed = store.clear(None if clear == CLEAR_ALL else clear)
             config.stash[MEMO].removed.append(_cleared(clear, removed))
@@ -271,11 +331,7 @@ def _prepare_store(config: pytest.Config, store: Store) -> None:
                 and not removed
                 and (config.invocation_params.dir / clear).exists()
             ):
-                raise pytest.UsageError(
-                    f"--memo-clear took {clear!r} as the name of a fixture, but it is a path "
-                    "and no fixture of that name has stored values: put --memo-clear after "
-                    "the paths to clear every fixture, or write --memo-clear=FIXTURE"
-                )
+                _refuse_path_as_fixture(clear)
     except OSError as error:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"pytest-memo: cannot use the store in {store.root}: {error}"),
@@ -283,6 +339,14 @@ def _prepare_store(config: pytest.Config, store: Store) -> None:
         )
         # One warning per run: fixtures (and xdist workers) compute without trying again.
         config.stash[MEMO].store_unusable()
+
+
+def _refuse_path_as_fixture(clear: str) -> None:
+    raise pytest.UsageError(
+        f"--memo-clear took {clear!r} as the name of a fixture, but it is a path "
+        "and no fixture of that name has stored values: put --memo-clear after "
+        "the paths to clear every fixture, or write --memo-clear=FIXTURE"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -334,10 +398,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if _is_worker(config):
             config.workeroutput[WORKER_OUTPUT] = memo.stats.as_dict()  # type: ignore[attr-defined]
             return
+        if memo.store.read_only:
+            _skip_housekeeping(config)
+            return
         if config.getoption("memo_prune"):
             everything = _ran_everything(session)
             memo.pruned = memo.store.prune(
-                memo.stats.used_keys, memo.stats.used_slots, everything=everything
+                memo.stats.used_keys,
+                memo.stats.used_slots,
+                everything=everything,
+                project=memo.settings.project,
             )
         if (limit := _max_size(config)) is not None:
             evicted = memo.store.evict(limit)
@@ -347,6 +417,27 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     except OSError as error:
         config.issue_config_time_warning(
             pytest.PytestWarning(f"pytest-memo: cannot update the store index: {error}"),
+            stacklevel=2,
+        )
+
+
+def _skip_housekeeping(config: pytest.Config) -> None:
+    """A store found read-only (not asked for: --memo-read-only refuses these options)."""
+    if config.getini("memo_read_only") or config.getoption("memo_read_only"):
+        return  # on purpose: memo_max_size in the ini is meant for the runs that write
+    asked = [
+        name
+        for name, wanted in (
+            ("--memo-prune", config.getoption("memo_prune")),
+            ("--memo-max-size", _max_size(config) is not None),
+        )
+        if wanted
+    ]
+    if asked:
+        config.issue_config_time_warning(
+            pytest.PytestWarning(
+                f"pytest-memo: the store is read-only: {' and '.join(asked)} did nothing"
+            ),
             stacklevel=2,
         )
 
@@ -399,6 +490,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         size = None
     where = _display_path(store.root, config.rootpath)
     line = memo.stats.summary_line(size, where)
+    if store.read_only:
+        line += " (read-only: nothing stored)"
     if memo.pruned is not None:
         line += f"; {memo.pruned} unused removed (--memo-prune)"
         remote = getattr(store, "remote_pruned", None)
@@ -444,6 +537,9 @@ def pytest_configure_node(node: Any) -> None:
     if memo is not None:
         node.workerinput[WORKER_RUN] = memo.settings.run
         node.workerinput[WORKER_STORE_UNUSABLE] = memo.store is None
+        node.workerinput[WORKER_STORE_READ_ONLY] = bool(
+            memo.settings.store is not None and memo.settings.store.read_only
+        )
         node.workerinput[REMOTE_OFF] = not getattr(memo.settings.store, "remote_usable", True)
 
 

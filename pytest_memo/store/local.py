@@ -20,6 +20,7 @@ that were killed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import pickletools
@@ -29,11 +30,11 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from pytest_memo.core.errors import CorruptFileError
+from pytest_memo.core.errors import CorruptFileError, MemoWarning
 from pytest_memo.core.files import (
     NotRegularFileError,
     describe_mode,
@@ -57,8 +58,21 @@ T = TypeVar("T")
 TEMPORARY = "tmp"
 # PRAGMA user_version of an index that lists every entry file (one built from them or
 # kept up to date since): an index without it is filled from the entry files first.
-INDEX_VERSION = 1
-_COLUMNS = ("key", "slot", "fixture", "source", "created", "last_used", "hits", "size", "seconds")
+INDEX_VERSION = 2
+_COLUMNS = (
+    "key",
+    "slot",
+    "fixture",
+    "source",
+    "created",
+    "last_used",
+    "hits",
+    "size",
+    "seconds",
+    "project",
+)
+# An index of version 1 had no project column: it is made again from the entry files.
+_COLUMNS_V1 = _COLUMNS[:-1]
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by pytest-memo.\n"
@@ -74,11 +88,16 @@ CREATE TABLE IF NOT EXISTS entries (
     last_used REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL,
-    seconds REAL NOT NULL
+    seconds REAL NOT NULL,
+    project TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS entries_slot ON entries (slot);
 CREATE INDEX IF NOT EXISTS entries_last_used ON entries (last_used);
 """
+
+
+# The errors of a store that cannot be written: permissions, a read-only filesystem.
+READ_ONLY_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class StoreRepairWarning(UserWarning):
@@ -107,6 +126,9 @@ class EntryInfo:
     seconds: float
     created: float
     run: str = ""  # the run that wrote it (--memo-refresh); "" in entries of older versions
+    # The project that wrote it (see pytest_memo.store.location.project_identity): its
+    # --memo-prune removes only its own entries from a store that projects share.
+    project: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,15 +149,25 @@ class Listing:
     hits: int
     size: int
     seconds: float
+    project: str = ""
 
 
 class Store:
     """A directory of memoized values.  Every method is safe to call from several processes."""
 
     def __init__(
-        self, root: Path, secret: bytes | None = None, signing: Signing | None = None
+        self,
+        root: Path,
+        secret: bytes | None = None,
+        signing: Signing | None = None,
+        read_only: bool = False,
     ) -> None:
         self.root = root
+        # Read-only: entries are read and nothing is written (no entries, index, locks or
+        # hit counts), on purpose (--memo-read-only) or because the store cannot be
+        # written (see became_read_only).
+        self.read_only = read_only
+        self._read_only_reported = False
         # With a secret (HMAC-SHA256) or Ed25519 keys, entries are signed over their key and
         # file, and an entry without a valid signature is never unpickled: loading a pickle
         # runs code.  See pytest_memo.store.signing.
@@ -169,7 +201,37 @@ class Store:
 
     def prepare(self) -> None:
         """Create the directory with its markers, repairing its layout and removing the
-        temporary files of killed writers; raises OSError if it cannot be written."""
+        temporary files of killed writers; raises OSError if it cannot be written.
+
+        A store that exists but cannot be written (a CI cache restored read-only, a
+        read-only mount, another user's store) is used read-only, with one warning."""
+        if self.read_only:
+            return
+        try:
+            self._prepare()
+            entries = self.base / "entries"
+            if not os.access(entries, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "cannot write to it", str(entries))
+        except OSError as error:
+            if error.errno not in READ_ONLY_ERRORS or not (self.base / "entries").is_dir():
+                raise
+            self.became_read_only(error)
+
+    def became_read_only(self, error: OSError) -> None:
+        """The store cannot be written: use it read-only from now on, and say so once."""
+        self.read_only = True
+        if not self._read_only_reported:
+            self._read_only_reported = True
+            warnings.warn(
+                MemoWarning(
+                    f"pytest-memo: cannot write to the store in {self.root} ({error}): it is "
+                    "used read-only for the rest of this run (stored values are loaded, "
+                    "the others computed and not stored)"
+                ),
+                stacklevel=3,
+            )
+
+    def _prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         for directory in (self.base, *(self.base / name for name in ("entries", "locks"))):
             self._directory(directory)
@@ -181,6 +243,21 @@ class Store:
                 f"removed {count} temporary file{'s' * (count > 1)} ({size / 1e6:.1f} MB) "
                 f"left by a writer that was killed in {self.base / TEMPORARY}"
             )
+
+    def check_creatable(self) -> None:
+        """Raise OSError if :meth:`prepare` could not make the store's directory: the
+        nearest existing parent is not a directory, or this user cannot write to it."""
+        parent = self.root
+        while not parent.exists() and parent.parent != parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(parent))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "cannot write to it", str(parent))
+
+    def probe(self) -> None:
+        """Check what can be checked without creating the store (a remote store: that its
+        remote answers); a local store has nothing to check."""
 
     def _directory(self, directory: Path) -> None:
         """Make ``directory``; something else in its place is moved aside (with a warning)."""
@@ -362,6 +439,7 @@ class Store:
         is killed, a later run sees that and removes it."""
         from pytest_memo.core.serialize import dump  # here: it imports numpy
 
+        self._writable()
         if not self.keeps_computed:
             return 0
         path = self.entry_path(key)
@@ -419,7 +497,12 @@ class Store:
                 raise
             shutil.rmtree(path)  # macOS: EPERM for unlink() of a directory
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(errno.EROFS, "the store is used read-only", str(self.root))
+
     def remove(self, key: str) -> None:
+        self._writable()
         path = self.entry_path(key)
         with contextlib.suppress(NotADirectoryError):
             self._remove_path(path)
@@ -484,6 +567,8 @@ class Store:
 
     def remove_leftovers(self, deep: bool = False) -> tuple[int, int]:
         """Remove the temporary files of writers that were killed; returns (how many, bytes)."""
+        if self.read_only:
+            return 0, 0
         gone, _ = self._leftovers(deep)
         count = size = 0
         for path in gone:
@@ -578,16 +663,20 @@ class Store:
             row[0]
             for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        if version != 0 or not tables <= {"entries"}:
-            raise _DamagedIndex(f"a foreign schema (tables {sorted(tables)}, version {version})")
+        columns: tuple[str, ...] = ()
         if tables:
             columns = tuple(row[1] for row in connection.execute("PRAGMA table_info(entries)"))
-            if columns != _COLUMNS:
-                raise _DamagedIndex(f"a foreign schema (columns {list(columns)})")
+        upgrade = version == 1 and tables == {"entries"} and columns == _COLUMNS_V1
+        if not upgrade and (version != 0 or not tables <= {"entries"}):
+            raise _DamagedIndex(f"a foreign schema (tables {sorted(tables)}, version {version})")
+        if tables and not upgrade and columns != _COLUMNS:
+            raise _DamagedIndex(f"a foreign schema (columns {list(columns)})")
         with connection:
+            if upgrade:  # made again from the entry files, which hold the projects
+                connection.execute("DROP TABLE entries")
             connection.executescript(_SCHEMA)
             connection.executemany(
-                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 self._scan_entries(),
             )
             connection.execute(f"PRAGMA user_version = {INDEX_VERSION}")
@@ -618,6 +707,7 @@ class Store:
                     time.time(),
                     size,
                     entry.seconds,
+                    entry.project,
                 )
 
     def _rebuild(self, reason: str) -> None:
@@ -672,13 +762,18 @@ class Store:
         now = time.time()
         self._query(
             lambda index: index.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (key, info.slot, info.fixture, info.source, info.created, now, size, info.seconds),
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (
+                    *(key, info.slot, info.fixture, info.source, info.created, now, size),
+                    *(info.seconds, info.project),
+                ),
             )
         )
 
     def keys_in_slot(self, slot: str) -> list[tuple[str, float]]:
         """The keys of the entries in ``slot``, with the time each was created."""
+        if self.read_only:  # from the entry files: opening the index may write to it
+            return [(row.key, row.created) for row in self._scanned_listing() if row.slot == slot]
         rows = self._query(
             lambda index: index.execute(
                 "SELECT key, created FROM entries WHERE slot = ?", (slot,)
@@ -686,16 +781,22 @@ class Store:
         )
         return [(str(key), float(created)) for key, created in rows]
 
-    def has_other_in_slot(self, slot: str, key: str) -> bool:
+    def has_other_in_slot(self, slot: str, key: str, project: str = "") -> bool:
+        """Whether the store holds another key for ``slot`` written by ``project`` (or by a
+        version that recorded no project): another project's slot of the same name is not
+        this one's."""
         row = self._query(
             lambda index: index.execute(
-                "SELECT 1 FROM entries WHERE slot = ? AND key != ? LIMIT 1", (slot, key)
+                "SELECT 1 FROM entries WHERE slot = ? AND key != ? AND project IN (?, '') LIMIT 1",
+                (slot, key, project),
             ).fetchone()
         )
         return row is not None
 
     def note_hit(self, entry: Entry) -> None:
         """Count a hit; written to the index in one transaction by :meth:`flush`."""
+        if self.read_only:
+            return
         with self._pending_lock:
             self._pending_hits[entry.key] = self._pending_hits.get(entry.key, 0) + 1
         if not self._has_row(entry.key):
@@ -708,6 +809,8 @@ class Store:
         return row is not None
 
     def flush(self) -> None:
+        if self.read_only:
+            return
         with self._pending_lock:
             hits, self._pending_hits = self._pending_hits, {}
         if not hits:
@@ -721,15 +824,31 @@ class Store:
         )
 
     def listing(self) -> list[Listing]:
+        """The entries, from the index; from the entry files themselves when the index
+        cannot be used (a read-only store: no hit counts then)."""
         if not self.base.is_dir():
             return []
-        rows = self._query(
-            lambda index: index.execute(
-                "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds "
-                "FROM entries ORDER BY fixture, last_used DESC"
-            ).fetchall()
-        )
+        if self.read_only:
+            return self._scanned_listing()
+        try:
+            rows = self._query(
+                lambda index: index.execute(
+                    "SELECT key, slot, fixture, source, created, last_used, hits, size, seconds, "
+                    "project FROM entries ORDER BY fixture, last_used DESC"
+                ).fetchall()
+            )
+        except OSError as error:
+            self._report(f"cannot open the store index ({error}): listed the entry files")
+            return self._scanned_listing()
         return [Listing(*row) for row in rows]
+
+    def _scanned_listing(self) -> list[Listing]:
+        rows = []
+        for key, slot, fixture, source, created, _, size, seconds, project in self._scan_entries():
+            rows.append(
+                Listing(key, slot, fixture, source, created, created, 0, size, seconds, project)
+            )
+        return sorted(rows, key=lambda row: (row.fixture, -row.created))
 
     def total_size(self) -> int:
         """The size of the entries, and of the temporary files being written."""
@@ -762,23 +881,35 @@ class Store:
             self.remove(key)
         return len(doomed)
 
-    def prune(self, used_keys: set[str], used_slots: set[str], everything: bool) -> int:
+    def prune(
+        self,
+        used_keys: set[str],
+        used_slots: set[str],
+        everything: bool,
+        project: str | None = None,
+    ) -> int:
         """Remove entries this run did not use, and the temporary files of killed writers;
         returns how many files were removed.
 
         Always those superseded in a slot this run filled with another key (an edit made
-        them unreachable); with ``everything`` (a complete run) all unused ones.
+        them unreachable); with ``everything`` (a complete run) all unused ones.  Given a
+        ``project``, only the entries it wrote (and those of versions that recorded no
+        project): a store shared by projects keeps the others' entries.
         """
         leftovers, _ = self.remove_leftovers(deep=True)
         doomed = [
             entry.key
             for entry in self.listing()
-            if entry.key not in used_keys and (everything or entry.slot in used_slots)
+            if entry.key not in used_keys
+            and (everything or entry.slot in used_slots)
+            and (project is None or entry.project in (project, ""))
         ]
         self._remove_many(doomed)
         return len(doomed) + leftovers
 
     def _remove_many(self, keys: list[str]) -> None:
+        if not keys:
+            return  # no index to open (a store that does not exist yet stays so)
         for key in keys:
             path = self.entry_path(key)
             with contextlib.suppress(NotADirectoryError):
@@ -903,6 +1034,7 @@ def _index_of(argument: object) -> int:
 
 
 _INFO_FIELDS = frozenset(field.name for field in fields(EntryInfo))
+_REQUIRED = frozenset(field.name for field in fields(EntryInfo) if field.default is MISSING)
 
 
 def _leading_dict(stream: bytes) -> dict[str, Any]:
@@ -913,6 +1045,7 @@ def _leading_dict(stream: bytes) -> dict[str, Any]:
     marks: list[int] = []
     memo: dict[int, Any] = {}
     constants = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+    older: dict[str, Any] | None = None
     for opcode, argument, _ in pickletools.genops(stream):
         name = opcode.name
         if name in ("PROTO", "FRAME"):
@@ -945,8 +1078,13 @@ def _leading_dict(stream: bytes) -> dict[str, Any]:
             stack[-1][stack.pop()] = value
         else:
             break
-        if not marks and len(stack) == 1 and set(stack[0]) == _INFO_FIELDS:
-            return dict(stack[0])
+        if not marks and len(stack) == 1 and isinstance(stack[0], dict):
+            if set(stack[0]) == _INFO_FIELDS:
+                return dict(stack[0])
+            if _REQUIRED <= set(stack[0]) <= _INFO_FIELDS:
+                older = dict(stack[0])
+    if older is not None:  # the info of an older version, without the fields added since
+        return older
     raise ValueError("no entry information at the start of the pickle stream")
 
 

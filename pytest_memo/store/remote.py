@@ -178,8 +178,12 @@ class RemoteStore(Store):
         so that a remote out of reach gives one warning before any test runs."""
         super().prepare()
         parent = self.root.parent.parent  # .pytest_memo: git and backups skip it too
-        if parent.name == DEFAULT_DIRECTORY:
+        if parent.name == DEFAULT_DIRECTORY and not self.read_only:
             mark_cache_directory(parent)
+        self.probe()
+
+    def probe(self) -> None:
+        """Once per process, check that the remote answers (see :meth:`prepare`)."""
         if self._probed_pid == os.getpid() or not self.remote_usable:
             return
         self._probed_pid = os.getpid()
@@ -251,7 +255,13 @@ class RemoteStore(Store):
     def _mark_used(self, key: str) -> None:
         """Record in the remote that this run used the entry (once per process and key):
         a remote --memo-prune keeps what any run used within its grace period."""
-        if key in self._marked or self._marks_off or self._uploads_off or not self.remote_usable:
+        if (
+            key in self._marked
+            or self._marks_off
+            or self._uploads_off
+            or self.read_only  # --memo-read-only: no last-use updates, here or there
+            or not self.remote_usable
+        ):
             return
         self._marked.add(key)
         path = self.used_path(key)
@@ -302,11 +312,18 @@ class RemoteStore(Store):
 
     # -- pruning --------------------------------------------------------------
 
-    def prune(self, used_keys: set[str], used_slots: set[str], everything: bool) -> int:
+    def prune(
+        self,
+        used_keys: set[str],
+        used_slots: set[str],
+        everything: bool,
+        project: str | None = None,
+    ) -> int:
         """Prune the local cache (see :meth:`Store.prune`), then the remote: remove its
         entries that no run, here or elsewhere, used within :attr:`prune_grace` before this
-        run started (their count is left in :attr:`remote_pruned`)."""
-        count = super().prune(used_keys, used_slots, everything)
+        run started (their count is left in :attr:`remote_pruned`).  The remote part goes
+        by time alone, whatever project wrote the entries."""
+        count = super().prune(used_keys, used_slots, everything, project)
         self.remote_pruned = None
         if self.remote_usable:
             try:

@@ -1,4 +1,5 @@
-"""Test durations from earlier runs, kept in the memo store so they travel with a CI cache."""
+"""Test durations from earlier runs, kept in pytest's cache (``.pytest_cache``), which CI
+jobs restore to balance ``--shard`` and order the runner's long tests first."""
 
 from __future__ import annotations
 

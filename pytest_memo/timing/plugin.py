@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_memo.store.location import LAYOUT, local_directory
 from pytest_memo.timing import durations
 from pytest_memo.timing.shard import parse_shard, shard
 
@@ -25,38 +24,58 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="I/N",
         help="run only the I-th of N disjoint parts of the suite, balanced by the durations "
-        "of earlier runs (kept in the memo store), e.g. --shard=2/4 in CI job 2 of 4",
+        "of earlier runs (kept in pytest's cache), e.g. --shard=2/4 in CI job 2 of 4",
     )
 
 
 class DurationRecorder:
-    """Adds up each test's setup, call and teardown time; saves it with the memo store.
+    """Adds up each test's setup, call and teardown time; saves it in pytest's cache.
 
     It runs where reports are seen: the main process of a serial run, and the main process
-    of --par and pytest-xdist runs, which receive every worker's reports.
+    of --par and pytest-xdist runs, which receive every worker's reports.  Durations live
+    in ``.pytest_cache/d/pytest_memo/`` (pytest's ``config.cache``): ``--cache-clear``
+    clears them, and with ``-p no:cacheprovider`` they are not kept at all.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.previous = durations.load(directory)
+    def __init__(self, config: pytest.Config) -> None:
+        self.cache = getattr(config, "cache", None)
+        self.previous = durations.load(self.directory) if self._exists() else {}
         self.measured: dict[str, float] = {}
+
+    @property
+    def directory(self) -> Path:
+        assert self.cache is not None
+        directory: Path = self.cache.mkdir(DIRECTORY)
+        return directory
+
+    def _exists(self) -> bool:
+        # Only look: loading must not create pytest's cache directory (a private attribute
+        # of pytest's Cache; without it, the directory is made: it is pytest's own cache).
+        if self.cache is None:
+            return False
+        root = getattr(self.cache, "_cachedir", None)
+        return not isinstance(root, Path) or (root / "d" / DIRECTORY).is_dir()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.measured[report.nodeid] = self.measured.get(report.nodeid, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         config = session.config
-        if hasattr(config, "workerinput") or config.getoption("memo_off", False):
-            return  # workers report to the main process; --memo-off touches no store
+        if self.cache is None or hasattr(config, "workerinput"):
+            return  # no pytest cache; workers report to the main process
+        if config.getoption("memo_read_only", False) or _ini_flag(config, "memo_read_only"):
+            return  # --memo-read-only: a job that uses caches and writes none
         # Every shard of a CI run must compute the same split from the same file, even if
         # one shard finishes before another starts: sharded runs never change it.
         text = config.getoption("shard")
         name = f"durations-shard-{text.replace('/', '-of-')}.json" if text else None
-        with contextlib.suppress(OSError):  # a read-only store: durations are a nicety
+        with contextlib.suppress(OSError):  # a read-only cache: durations are a nicety
             durations.save(self.directory, self.measured, name)
 
 
 DURATIONS = pytest.StashKey[DurationRecorder]()
+# The directory of pytest's cache (``config.cache.mkdir``) that holds the durations.
+DIRECTORY = "pytest_memo"
 
 
 def recorded_durations(config: pytest.Config) -> dict[str, float]:
@@ -65,12 +84,11 @@ def recorded_durations(config: pytest.Config) -> dict[str, float]:
     return recorder.previous if recorder is not None else {}
 
 
-def _durations_directory(config: pytest.Config) -> Path:
-    """The memo store's directory (its local cache, for a remote store)."""
-    location = config.getoption("memo_dir", None)
-    with contextlib.suppress(ValueError):  # the memo plugin may be disabled
-        location = location or config.getini("memo_dir")
-    return local_directory(config.rootpath, location) / LAYOUT
+def _ini_flag(config: pytest.Config, name: str) -> bool:
+    try:
+        return bool(config.getini(name))
+    except ValueError:  # the memo plugin is disabled
+        return False
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
             parse_shard(config.getoption("shard"))
         except ValueError as error:
             raise pytest.UsageError(str(error)) from None
-    recorder = DurationRecorder(_durations_directory(config))
+    recorder = DurationRecorder(config)
     config.stash[DURATIONS] = recorder
     config.pluginmanager.register(recorder, "pytest_memo.durations")
 
