@@ -319,7 +319,8 @@ def test_file_urls_work_too(project: MemoSuite, tmp_path: Path, elsewhere: Any) 
     url = shared.as_uri()
     project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
     entries = list(shared.glob("v1/entries/*/*"))
-    assert [entry.suffix for entry in entries] == [".memo"]  # and no temporary file left
+    # The entry and its manifest (the files its value read), and no temporary file left.
+    assert sorted(entry.suffix for entry in entries) == [".memo", ".parts"]
     other = elsewhere()
     other.run(f"--memo-dir={url}").assert_outcomes(passed=2)
     assert other.calls() == []
@@ -426,7 +427,7 @@ def test_pull_requests_verify_with_the_public_key_and_cannot_poison_main(
     as_main(monkeypatch, main)
     project.run_subprocess(url).assert_outcomes(passed=2)
     signed = objects(bucket)
-    assert sorted(key.rsplit(".", 1)[1] for key in signed) == ["memo", "sig"]
+    assert sorted(key.rsplit(".", 1)[1] for key in signed) == ["memo", "parts", "sig"]
 
     # A pull request job: the public key only.  It hits what main signed, and what it
     # computes (--memo-refresh here) goes nowhere, even with credentials that could write.
@@ -631,3 +632,34 @@ def test_a_bad_grace_period_is_a_usage_error(fixtures: MemoSuite, bucket: Bucket
     result.stderr.fnmatch_lines(
         ["*--memo-prune-grace / memo_prune_grace: 'soon' is not a duration*"]
     )
+
+
+READS_A_FILE = """
+import pathlib
+
+
+@pytest.fixture
+@pytest.mark.memo
+def table():
+    record("table")
+    return (pathlib.Path(__file__).parent / "table.csv").read_text()
+"""
+
+
+@needs_s3
+def test_a_data_file_edited_in_another_checkout_recomputes_a_remote_entry(
+    project: MemoSuite, bucket: Bucket, elsewhere: Any
+) -> None:
+    # The files a value read travel with its entry: a checkout that downloads the entry
+    # checks them, and an edit there recomputes (it served the stored value).
+    project.write("conftest.py", READS_A_FILE)
+    project.write("test_it.py", "def test_table(table):\n    print('TABLE', table)\n")
+    project.write("table.csv", "a,b\n")
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=1)
+    other = elsewhere()
+    other.path.joinpath("table.csv").write_text("a,b,c\n")
+    result = other.run(f"--memo-dir={url}", "-s")
+    result.assert_outcomes(passed=1)
+    assert other.calls() == ["table"]
+    result.stdout.fnmatch_lines(["*TABLE a,b,c"])

@@ -71,6 +71,8 @@ def read_manifest(store: Store, key: str) -> Manifest | None:
 def write_manifest(store: Store, key: str, manifest: Manifest) -> None:
     with paused():
         write_atomically(manifest_path(store, key), json.dumps(manifest.as_dict()))
+        # A remote store shares it: a hit elsewhere checks the files the value read.
+        store.sidecar_written(key, SUFFIX)
 
 
 def age(seconds: float) -> str:

@@ -793,6 +793,10 @@ class Store:
         )
         return row is not None
 
+    def sidecar_written(self, key: str, suffix: str) -> None:
+        """A file that travels with the entry (``<key><suffix>``) was written beside it:
+        nothing to do here; a remote store shares it."""
+
     def note_hit(self, entry: Entry) -> None:
         """Count a hit; written to the index in one transaction by :meth:`flush`."""
         if self.read_only:

@@ -52,6 +52,8 @@ from pytest_memo.store.location import DEFAULT_DIRECTORY, LAYOUT, local_director
 from pytest_memo.store.signing import Signing, from_environment
 
 __all__ = ["RemoteStore", "local_cache", "open_filesystem", "remote_store"]
+# The manifest beside an entry (pytest_memo.memoize.explain): what its value read.
+MANIFEST = ".parts"
 
 # Protocols whose upload of a whole object is atomic: readers see the old object or the new
 # one, never a part.  Anything else is uploaded to a temporary name and moved into place.
@@ -170,8 +172,21 @@ class RemoteStore(Store):
         return not ATOMIC_PUT_PROTOCOLS.isdisjoint(protocols)
 
     def _sidecars(self) -> list[str]:
-        """Suffixes of the files that travel with an entry: its signature, when signed."""
-        return [".sig"] if self.signing is not None else []
+        """Suffixes of the files that travel with an entry: its signature, when signed,
+        and its manifest (the files its value read, checked on every hit)."""
+        return [".sig", MANIFEST] if self.signing is not None else [MANIFEST]
+
+    def sidecar_written(self, key: str, suffix: str) -> None:
+        """Share a file written beside an entry after it was uploaded (its manifest)."""
+        local = self.entry_path(key).with_suffix(suffix)
+        if not (self.remote_usable and not self._uploads_off and self.keeps_computed):
+            return
+        try:
+            self._publish(local, self.remote_path(key, suffix))
+        except PermissionError as error:
+            self._read_only(error)
+        except Exception as error:
+            self._give_up(error)
 
     def prepare(self) -> None:
         """Create the local cache; then, once per process, check that the remote answers,
@@ -415,7 +430,7 @@ class RemoteStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm(f"{self._path}/{LAYOUT}", recursive=True)
             for key in doomed:
-                paths = [self.remote_path(key, ".memo"), self.remote_path(key, ".sig")]
+                paths = [self.remote_path(key, s) for s in (".memo", ".sig", MANIFEST)]
                 for path in [*paths, self.used_path(key)]:
                     with contextlib.suppress(FileNotFoundError):
                         self.fs.rm_file(path)
