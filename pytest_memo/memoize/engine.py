@@ -205,10 +205,14 @@ class Memoized:
         if self.rootdir is None:
             return None
         known = (lookup.key, entry.info.created)
-        if known in self._manifests:
-            manifest = self._manifests[known]
-        else:
-            manifest = self._manifests[known] = explain.read_manifest(store, lookup.key)
+        manifest = self._manifests.get(known)
+        if manifest is None:
+            manifest = explain.read_manifest(store, lookup.key)
+            # Kept only when it belongs to this entry: read while another process was
+            # between writing an entry and its manifest, it is the previous entry's, and
+            # kept it made the retry under the lock recompute a value just computed.
+            if manifest is not None and abs(manifest.created - entry.info.created) <= 1e-3:
+                self._manifests[known] = manifest
         if manifest is not None and manifest.content is not None:
             self._contents[lookup.key] = manifest.content
         else:  # perhaps rewritten since: hash the value again if asked
