@@ -139,29 +139,25 @@ class Memoized:
         if entry is None:
             lock = self._lock(store, lookup.key)
             if lock is None:  # a read-only store: computed, counted, not stored
-                with self._computing(store, lookup) as (parts, recorder):
-                    yield Claim(
-                        None,
-                        lambda value, seconds: self._keep(
-                            store, lookup, value, seconds, parts, recorder
-                        ),
-                    )
+                yield from self._compute(store, lookup)
                 return
             try:
                 entry = self._read(store, lookup)  # computed by another process meanwhile?
                 if entry is None:
-                    with self._computing(store, lookup) as (parts, recorder):
-                        yield Claim(
-                            None,
-                            lambda value, seconds: self._keep(
-                                store, lookup, value, seconds, parts, recorder
-                            ),
-                        )
+                    yield from self._compute(store, lookup)
                     return
             finally:
                 lock.release()
         self._hit(store, lookup, entry)
         yield Claim(entry, None)
+
+    def _compute(self, store: Store, lookup: Lookup) -> Iterator[Claim]:
+        """A claim to compute the value; what the caller keeps is stored (and counted)."""
+        with self._computing(store, lookup) as (parts, recorder):
+            yield Claim(
+                None,
+                lambda value, seconds: self._keep(store, lookup, value, seconds, parts, recorder),
+            )
 
     def _lock(self, store: Store, key: str) -> filelock.BaseFileLock | None:
         """The key's lock, held; None in a read-only store, which takes no lock files."""
