@@ -123,3 +123,57 @@ def test_the_store_is_made_when_something_is_memoized(suite: MemoSuite) -> None:
     assert suite.entries() and suite.calls() == ["data"]
     assert (suite.path / ".pytest_memo/.gitignore").exists()
     assert not list((suite.path / ".pytest_memo").rglob("durations*"))
+
+
+# The modules that keys, the engine and the store need: a suite that memoizes nothing
+# should not pay for importing them (pytest rewrites every plugin module it imports, on
+# every run where bytecode cannot be cached, PYTHONDONTWRITEBYTECODE in many CI images).
+MEMO_MACHINERY = (
+    "pytest_memo.memoize.engine",
+    "pytest_memo.memoize.keys",
+    "pytest_memo.memoize.fixture",
+    "pytest_memo.memoize.cache",
+    "pytest_memo.store.local",
+    "pytest_memo.core.hashing",
+    "pytest_memo.parallel.scheduler",
+)
+LOADED = f"""
+import sys
+
+def test_loaded():
+    loaded = [name for name in {MEMO_MACHINERY!r} if name in sys.modules]
+    print("LOADED", loaded)
+"""
+
+
+def test_nothing_memoized_loads_no_memo_machinery(suite: MemoSuite) -> None:
+    suite.write("test_loaded.py", LOADED)
+    result = suite.run_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    assert "LOADED []" in result.stdout.str()
+
+
+CACHED_AT_COLLECTION = """
+import pytest_memo
+from memo_log import record
+
+@pytest_memo.cache
+def square(x):
+    record("square")
+    return x * x
+
+VALUE = square(4)
+
+def test_value():
+    assert VALUE == 16
+"""
+
+
+def test_a_cached_function_sets_the_store_up_on_first_call(suite: MemoSuite) -> None:
+    # No store yet and no memoized fixture: the run's store is set up when the function
+    # is first called (at collection here), and its entry counts in the run's summary.
+    suite.write("test_cached.py", CACHED_AT_COLLECTION)
+    suite.run_subprocess().stdout.fnmatch_lines(["memo: 0 hits*, 1 miss*"])
+    suite.run_subprocess().stdout.fnmatch_lines(["memo: 1 hit*, 0 misses*"])
+    assert suite.calls() == ["square"]
+    assert (suite.path / ".pytest_memo/.gitignore").exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from pytest_memo.core.hashing import hash
-from pytest_memo.memoize import explain, reads
+from pytest_memo.memoize import current, explain, reads
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
 from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine
 from pytest_memo.memoize.marker import parse_age
@@ -50,6 +50,7 @@ def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
 
 
 def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
+    current.set_up()  # in a pytest run: the run's store (use_store), set up on first use
     if _Active.engine is None or _Active.fingerprints is None:
         directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
         problem = refusal(directory, Path.cwd(), "$PYTEST_MEMO_DIR")

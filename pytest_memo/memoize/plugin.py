@@ -1,5 +1,12 @@
 """pytest hooks: options, fixture setup from the store, the summary.  Thin on purpose:
-the work is done in ``fixture_memo`` and ``store``, which know nothing of these hooks."""
+the work is done in ``fixture`` and ``store``, which know nothing of these hooks.
+
+The memo machinery (keys, engine, store) is imported and set up when a run first needs
+it: at the start when the project has a store or a memo option is given, else when the
+first memoized fixture or cached function is met.  A suite that memoizes nothing starts as
+quickly as without the plugin (and with ``PYTHONDONTWRITEBYTECODE``, where pytest rewrites
+every imported plugin module on every run, the difference is large).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +14,15 @@ import contextlib
 import fnmatch
 import os
 import sys
-import uuid
 import warnings
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_memo.memoize import cache as memory
-from pytest_memo.memoize import explain, marker
-from pytest_memo.memoize.engine import Memoized
-from pytest_memo.memoize.fixture import FixtureMemo, Settings
-from pytest_memo.memoize.progress import Progress
-from pytest_memo.memoize.stats import format_size, listing_table, listing_totals, parse_size
-from pytest_memo.store import signing
-from pytest_memo.store.local import Store, StoreRepairWarning
+from pytest_memo.memoize import current, marker
+from pytest_memo.pytest_compat import item_fixture_definitions
 from pytest_memo.store.location import (
     DEFAULT_DIRECTORY,
     is_url,
@@ -31,7 +31,13 @@ from pytest_memo.store.location import (
     refusal,
 )
 
-MEMO = pytest.StashKey[FixtureMemo]()
+if TYPE_CHECKING:
+    from pytest_memo.memoize.fixture import FixtureMemo
+    from pytest_memo.store.local import Store
+
+MEMO = pytest.StashKey["FixtureMemo"]()  # made by _memo(), when the run first needs it
+RUN = pytest.StashKey[str]()  # the run's identity (see _run_identity)
+BY_NAME = pytest.StashKey[frozenset[str]]()  # the memo_fixtures ini option
 CLEAR_ALL = "*all*"
 # What pytest-xdist's main process tells its workers (workerinput), and this plugin's key
 # in what they send back (workeroutput); --par workers speak the same protocol.
@@ -143,6 +149,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _store(config: pytest.Config) -> Store:
+    from pytest_memo.store import signing
+    from pytest_memo.store.local import Store
+
     location = config.getoption("memo_dir") or config.getini("memo_dir")
     if is_url(location):  # s3://bucket/prefix, file://..., any fsspec URL
         from pytest_memo.store.remote import remote_store  # here: fsspec is optional and slow
@@ -179,6 +188,8 @@ def _max_size(config: pytest.Config) -> int | None:
     text = config.getoption("memo_max_size") or config.getini("memo_max_size")
     if not text:
         return None
+    from pytest_memo.memoize.stats import parse_size
+
     try:
         return parse_size(text)
     except ValueError as error:
@@ -200,6 +211,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def _show(config: pytest.Config, session: pytest.Session) -> int:
+    from pytest_memo.memoize import explain
+    from pytest_memo.memoize.stats import listing_table, listing_totals
+    from pytest_memo.store.local import StoreRepairWarning
+
     pattern = config.getoption("memo_show")
     store = _store(config)
     try:
@@ -245,30 +260,84 @@ def pytest_configure(config: pytest.Config) -> None:
         "dependencies and files are unchanged (pytest-memo)",
     )
     _max_size(config)  # a bad size is a usage error before anything runs
+    config.stash[RUN] = _run_identity(config)
+    config.stash[BY_NAME] = frozenset(config.getini("memo_fixtures"))
+    current.defer(lambda: _memo(config))  # for pytest_memo.cache
+    if _uses_the_store_from_the_start(config):
+        _memo(config)
+
+
+# Options that make a run use the store from its start (and report on it at the end).
+STORE_OPTIONS = (
+    "memo_clear",
+    "memo_off",
+    "memo_refresh",
+    "memo_explain",
+    "memo_prune",
+    "memo_dir",
+    "memo_read_only",
+    "memo_max_size",
+)
+
+
+def _uses_the_store_from_the_start(config: pytest.Config) -> bool:
+    """Whether the store is set up before collection: it exists (its repairs and the
+    clean-up of killed writers are done before any test), or an option asks for it.
+    Otherwise (a project that has memoized nothing yet) it is set up when first needed."""
+    if any(config.getoption(name) not in (None, False) for name in STORE_OPTIONS):
+        return True
+    location = config.getini("memo_dir")
+    if is_url(location) or config.getini("memo_read_only") or config.getini("memo_max_size"):
+        return True
+    return bool(config.stash[BY_NAME]) or local_directory(config.rootpath, location).exists()
+
+
+def _memo(config: pytest.Config) -> FixtureMemo:
+    """The run's memo state, set up on the first call."""
+    memo = config.stash.get(MEMO, None)
+    if memo is None:
+        memo = _set_up(config)
+    return memo
+
+
+def _set_up(config: pytest.Config) -> FixtureMemo:
+    from pytest_memo.memoize import cache
+    from pytest_memo.memoize.fixture import FixtureMemo, Settings
+
     store = None if config.getoption("memo_off") else _store(config)
-    run = _run_identity(config)
-    config.stash[MEMO] = FixtureMemo(
+    memo = config.stash[MEMO] = FixtureMemo(
         Settings(
             rootdir=config.rootpath,
             store=store,
-            run=run,
+            run=config.stash[RUN],
             refresh=bool(config.getoption("memo_refresh")),
-            by_name=frozenset(config.getini("memo_fixtures")),
+            by_name=config.stash[BY_NAME],
             project=project_identity(config.rootpath, config.getini("memo_project")),
         )
     )
-    memory.use_store(config.stash[MEMO].engine, config.rootpath)
+    cache.use_store(memo.engine, config.rootpath)
     if getattr(config, "workerinput", {}).get(WORKER_STORE_UNUSABLE):
-        config.stash[MEMO].store_unusable()  # the main process has warned about it
+        memo.store_unusable()  # the main process has warned about it
     if store is not None and getattr(config, "workerinput", {}).get(WORKER_STORE_READ_ONLY):
         store.read_only = True  # the main process found it read-only and said so
     if store is not None and not _is_worker(config):
         _prepare(config, store)
         _start_progress(config)
+    return memo
+
+
+def _memoized(config: pytest.Config, fixturedef: Any) -> bool:
+    """Whether ``fixturedef`` is to be memoized: marked, or named in memo_fixtures."""
+    if marker.options_of(fixturedef.func) is not None:
+        return True
+    return fixturedef.argname in config.stash.get(BY_NAME, frozenset())
 
 
 def _start_progress(config: pytest.Config) -> None:
     """The live line (progress.py), in the main process of a run with a terminal."""
+    from pytest_memo.memoize.engine import Memoized
+    from pytest_memo.memoize.progress import Progress
+
     text = config.getini("memo_progress_after")
     try:
         after = float(text)
@@ -293,13 +362,15 @@ def _run_identity(config: pytest.Config) -> str:
 
     if is_spawned_worker() and os.environ.get(RUN_VARIABLE):
         return os.environ[RUN_VARIABLE]
-    run = uuid.uuid4().hex
+    run = os.urandom(16).hex()
     if not _is_worker(config):
         os.environ[RUN_VARIABLE] = run  # removed in pytest_unconfigure
     return run
 
 
 def _prepare(config: pytest.Config, store: Store) -> None:
+    from pytest_memo.store.local import StoreRepairWarning
+
     # What the store repaired (its layout, its index) is said before the tests run.
     with warnings.catch_warnings(record=True) as repairs:
         warnings.simplefilter("always", StoreRepairWarning)
@@ -351,9 +422,12 @@ def _refuse_path_as_fixture(clear: str) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_fixture_setup(fixturedef: Any, request: Any) -> Generator[None, Any, Any]:
-    memo = request.config.stash.get(MEMO, None)
-    options = memo.options_for(fixturedef) if memo is not None else None
-    if memo is None or options is None:
+    config = request.config
+    if RUN not in config.stash or not _memoized(config, fixturedef):
+        return (yield)
+    memo = _memo(config)
+    options = memo.options_for(fixturedef)
+    if options is None:
         return (yield)
     return (yield from memo.setup(fixturedef, request, options))
 
@@ -362,21 +436,21 @@ REFUSED = pytest.StashKey[list[str]]()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    memo = config.stash.get(MEMO, None)
+    if RUN not in config.stash:
+        return
     for item in items:
         # ``@pytest.mark.memo`` on a test function records options instead of a mark (it
         # cannot tell a test from a fixture-to-be); give such tests the mark so ``-m memo``
         # finds them.
         if marker.options_of(getattr(item, "obj", None)) is not None:
             item.add_marker("memo")
-        if memo is not None:
-            from pytest_memo.pytest_compat import item_fixture_definitions
-
+        definitions = item_fixture_definitions(item).values()
+        memoized = [defs[-1] for defs in definitions if defs and _memoized(config, defs[-1])]
+        if memoized:
             # A memoized fixture that can never be memoized (a yield fixture, one taking
             # tmp_path): found now, each test using it errors with the reason before any
             # fixture is set up.
-            definitions = item_fixture_definitions(item).values()
-            refusals = memo.refusals(defs[-1] for defs in definitions if defs)
+            refusals = _memo(config).refusals(memoized)
             if refusals:
                 item.stash[REFUSED] = refusals
 
@@ -410,6 +484,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 project=memo.settings.project,
             )
         if (limit := _max_size(config)) is not None:
+            from pytest_memo.memoize.stats import format_size
+
             evicted = memo.store.evict(limit)
             memo.removed.append(
                 f"{len(evicted)} least recently used removed (--memo-max-size {format_size(limit)})"
@@ -509,11 +585,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    current.defer(None)
     memo = config.stash.get(MEMO, None)
     progress = getattr(memo.engine, "progress", None) if memo is not None else None
     if progress is not None:
         progress.close()
-    if memo is not None and os.environ.get(RUN_VARIABLE) == memo.settings.run:
+    if RUN in config.stash and os.environ.get(RUN_VARIABLE) == config.stash[RUN]:
         del os.environ[RUN_VARIABLE]
     if memo is not None and memo.settings.store is not None:
         memo.settings.store.close()
@@ -533,9 +610,10 @@ def _display_path(path: Path, rootdir: Path) -> str:
 def pytest_configure_node(node: Any) -> None:
     from pytest_memo.store.remote import WORKER_INPUT as REMOTE_OFF
 
+    if RUN in node.config.stash:
+        node.workerinput[WORKER_RUN] = node.config.stash[RUN]
     memo = node.config.stash.get(MEMO, None)
     if memo is not None:
-        node.workerinput[WORKER_RUN] = memo.settings.run
         node.workerinput[WORKER_STORE_UNUSABLE] = memo.store is None
         node.workerinput[WORKER_STORE_READ_ONLY] = bool(
             memo.settings.store is not None and memo.settings.store.read_only
@@ -545,7 +623,8 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
-    memo = node.config.stash.get(MEMO, None)
     counts = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
-    if memo is not None and counts:
-        memo.stats.merge(counts)
+    if counts and RUN in node.config.stash:
+        # A worker memoized something: under pytest-xdist, whose main process does not
+        # collect, its memo state is set up here, for the summary.
+        _memo(node.config).stats.merge(counts)

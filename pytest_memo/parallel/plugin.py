@@ -9,15 +9,17 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_memo.core.cpus import usable_cpus
 from pytest_memo.parallel import nodes, schedule, spawn
-from pytest_memo.parallel.scheduler import Scheduler
 from pytest_memo.pytest_compat import higher_scoped_params, tmp_path_factory
 from pytest_memo.timing.plugin import recorded_durations
+
+if TYPE_CHECKING:
+    from pytest_memo.parallel.scheduler import Scheduler
 
 THREAD_LIMIT_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -383,6 +385,8 @@ def _scheduler(
     """The process runner's scheduler: ``xdist_group`` groups and --par-dist's scopes
     kept together, tests marked ``serial`` alone, and lanes of the tests sharing the
     parameters of fixtures wider than a test (pytest orders them so)."""
+    from pytest_memo.parallel.scheduler import Scheduler  # only for --par runs
+
     config = session.config
     items = session.items
     patterns = config.getini("par_serial")
