@@ -43,14 +43,16 @@ class _Active:
 
 
 def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
-    """Called by the plugin: cached functions use the run's store (and count in its
-    statistics) while pytest runs."""
+    """Cached functions use this engine's store (in a pytest run, the run's, counting in
+    its statistics)."""
     _Active.engine, _Active.rootdir = engine, rootdir
     _Active.fingerprints = CodeFingerprints(rootdir)
 
 
 def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
-    current.set_up()  # in a pytest run: the run's store (use_store), set up on first use
+    run = current.set_up()  # in a pytest run, its memo state (set up on first use)
+    if run is not None and _Active.engine is not run.engine:
+        use_store(run.engine, run.settings.rootdir)
     if _Active.engine is None or _Active.fingerprints is None:
         directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
         problem = refusal(directory, Path.cwd(), "$PYTEST_MEMO_DIR")

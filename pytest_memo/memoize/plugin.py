@@ -262,7 +262,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _max_size(config)  # a bad size is a usage error before anything runs
     config.stash[RUN] = _run_identity(config)
     config.stash[BY_NAME] = frozenset(config.getini("memo_fixtures"))
-    current.defer(lambda: _memo(config))  # for pytest_memo.cache
+    current.run_started(config, lambda: _memo(config))  # for pytest_memo.cache
     if _uses_the_store_from_the_start(config):
         _memo(config)
 
@@ -301,7 +301,6 @@ def _memo(config: pytest.Config) -> FixtureMemo:
 
 
 def _set_up(config: pytest.Config) -> FixtureMemo:
-    from pytest_memo.memoize import cache
     from pytest_memo.memoize.fixture import FixtureMemo, Settings
 
     store = None if config.getoption("memo_off") else _store(config)
@@ -315,7 +314,6 @@ def _set_up(config: pytest.Config) -> FixtureMemo:
             project=project_identity(config.rootpath, config.getini("memo_project")),
         )
     )
-    cache.use_store(memo.engine, config.rootpath)
     if getattr(config, "workerinput", {}).get(WORKER_STORE_UNUSABLE):
         memo.store_unusable()  # the main process has warned about it
     if store is not None and getattr(config, "workerinput", {}).get(WORKER_STORE_READ_ONLY):
@@ -585,7 +583,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    current.defer(None)
+    current.run_ended(config)
     memo = config.stash.get(MEMO, None)
     progress = getattr(memo.engine, "progress", None) if memo is not None else None
     if progress is not None:
