@@ -182,3 +182,30 @@ def test_an_entry_that_no_longer_loads_warns_and_is_recomputed(
     monkeypatch.delenv("THING_BROKEN")
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert calls(pytester.path) == ["make", "make"]  # the replaced entry loads again
+
+
+NESTED = """
+pytest_plugins = ["pytester"]
+
+def test_an_inner_run_then_a_cached_call(pytester):
+    pytester.makepyfile(test_inner="def test_inner():\\n    pass\\n")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    from helper import slow
+
+    assert slow(5) == {"double": 10}
+"""
+
+
+def test_after_an_inner_pytester_run_a_cached_function_uses_the_outer_run(
+    pytester: pytest.Pytester,
+) -> None:
+    # The inner run ended before the call: the value goes to the outer run's store, and
+    # counts in its summary.
+    pytester.makepyfile(helper=HELPER, test_nested=NESTED)
+    # (The test file is named: the outer run would collect the inner run's files.)
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_nested.py")
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(["memo: 0 hits*, 1 miss*"])
+    second = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_nested.py")
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(["memo: 1 hit*, 0 misses*"])
