@@ -23,9 +23,9 @@ import contextlib
 import errno
 import io
 import os
-import pickletools
 import shutil
 import stat
+import struct
 import threading
 import time
 import warnings
@@ -1031,10 +1031,53 @@ def _is_damage(error: Exception) -> bool:
     )
 
 
-def _index_of(argument: object) -> int:
-    if not isinstance(argument, int):
-        raise ValueError(f"not a memo index: {argument!r}")
-    return argument
+# The pickle opcodes an entry's info is made of (a dict of strings and numbers), by byte:
+# those with a fixed-size argument, those with a length-prefixed UTF-8 string, and those
+# with none.  Reading them directly is ten times faster than pickletools.genops, which
+# made rebuilding the index of 10,000 entries take seconds.
+_PROTO, _FRAME, _EMPTY_DICT, _MEMOIZE, _MARK = 0x80, 0x95, ord("}"), 0x94, ord("(")
+_BINPUT, _LONG_BINPUT, _BINGET, _LONG_BINGET = ord("q"), ord("r"), ord("h"), ord("j")
+_SETITEM, _SETITEMS = ord("s"), ord("u")
+_CONSTANTS = {ord("N"): None, 0x88: True, 0x89: False}
+_NUMBERS = {ord("K"): "<B", ord("M"): "<H", ord("J"): "<i", ord("G"): ">d"}
+_FIXED = {
+    _PROTO: struct.Struct("<B"),
+    _FRAME: struct.Struct("<Q"),
+    _BINPUT: struct.Struct("<B"),
+    _LONG_BINPUT: struct.Struct("<I"),
+    _BINGET: struct.Struct("<B"),
+    _LONG_BINGET: struct.Struct("<I"),
+    **{code: struct.Struct(layout) for code, layout in _NUMBERS.items()},
+}
+_STRINGS = {0x8C: struct.Struct("<B"), ord("X"): struct.Struct("<I"), 0x8D: struct.Struct("<Q")}
+_BARE = {_EMPTY_DICT, _MEMOIZE, _MARK, _SETITEM, _SETITEMS, *_CONSTANTS}
+
+
+def _info_opcodes(stream: bytes) -> Iterator[tuple[int, Any]]:
+    """(opcode, argument) from the start of ``stream`` up to the first opcode that cannot
+    be part of an entry's info (where the value starts); ValueError if it is cut short."""
+    position = 0
+    try:
+        while position < len(stream):
+            code = stream[position]
+            position += 1
+            if code in _FIXED:
+                (argument,) = _FIXED[code].unpack_from(stream, position)
+                position += _FIXED[code].size
+            elif code in _STRINGS:
+                (length,) = _STRINGS[code].unpack_from(stream, position)
+                position += _STRINGS[code].size
+                if position + length > len(stream):
+                    raise ValueError("a string cut short")
+                argument = stream[position : position + length].decode("utf-8", "surrogatepass")
+                position += length
+            elif code in _BARE:
+                argument = None
+            else:
+                return
+            yield code, argument
+    except struct.error as error:
+        raise ValueError(f"an argument cut short: {error}") from None
 
 
 _INFO_FIELDS = frozenset(field.name for field in fields(EntryInfo))
@@ -1044,45 +1087,38 @@ _REQUIRED = frozenset(field.name for field in fields(EntryInfo) if field.default
 def _leading_dict(stream: bytes) -> dict[str, Any]:
     """The entry's info, the first item of its pickled ``(info, value)`` tuple, read from
     the pickle opcodes without unpickling anything (which could run code): the info is a
-    dict of strings and numbers."""
+    dict of strings and numbers.  ValueError if there is none."""
+    try:
+        return _run_info_opcodes(stream)
+    except (LookupError, AttributeError, TypeError) as error:  # opcodes that make no dict
+        problem = f"no entry information at the start of the pickle stream ({error})"
+        raise ValueError(problem) from None
+
+
+def _run_info_opcodes(stream: bytes) -> dict[str, Any]:
     stack: list[Any] = []
     marks: list[int] = []
     memo: dict[int, Any] = {}
-    constants = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
     older: dict[str, Any] | None = None
-    for opcode, argument, _ in pickletools.genops(stream):
-        name = opcode.name
-        if name in ("PROTO", "FRAME"):
-            continue
-        if name == "EMPTY_DICT":
+    for code, argument in _info_opcodes(stream):
+        if code == _EMPTY_DICT:
             stack.append({})
-        elif name == "MEMOIZE":
+        elif code == _MEMOIZE:
             memo[len(memo)] = stack[-1]
-        elif name in ("BINPUT", "LONG_BINPUT"):
-            memo[_index_of(argument)] = stack[-1]
-        elif name in ("BINGET", "LONG_BINGET"):
-            stack.append(memo[_index_of(argument)])
-        elif name == "MARK":
+        elif code in (_BINPUT, _LONG_BINPUT):
+            memo[argument] = stack[-1]
+        elif code in (_BINGET, _LONG_BINGET):
+            stack.append(memo[argument])
+        elif code == _MARK:
             marks.append(len(stack))
-        elif name in constants:
-            stack.append(constants[name])
-        elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINFLOAT") or name in (
-            "BININT",
-            "BININT1",
-            "BININT2",
-        ):
+        elif code in _CONSTANTS:
+            stack.append(_CONSTANTS[code])
+        elif code in _NUMBERS or code in _STRINGS:
             stack.append(argument)
-        elif name == "SETITEMS":
-            start = marks.pop()
-            items = stack[start:]
-            del stack[start:]
-            stack[-1].update(zip(items[::2], items[1::2], strict=True))
-        elif name == "SETITEM":
-            value = stack.pop()
-            stack[-1][stack.pop()] = value
-        else:
-            break
-        if not marks and len(stack) == 1 and isinstance(stack[0], dict):
+        elif code in (_SETITEMS, _SETITEM):
+            _set_items(stack, marks, code)
+            if marks or len(stack) != 1 or not isinstance(stack[0], dict):
+                continue  # not the outermost dict, or not complete yet
             if set(stack[0]) == _INFO_FIELDS:
                 return dict(stack[0])
             if _REQUIRED <= set(stack[0]) <= _INFO_FIELDS:
@@ -1090,6 +1126,19 @@ def _leading_dict(stream: bytes) -> dict[str, Any]:
     if older is not None:  # the info of an older version, without the fields added since
         return older
     raise ValueError("no entry information at the start of the pickle stream")
+
+
+def _set_items(stack: list[Any], marks: list[int], code: int) -> None:
+    """SETITEMS (the pairs above the last mark) or SETITEM (the top pair) into the dict
+    below them."""
+    if code == _SETITEMS:
+        start = marks.pop()
+        items = stack[start:]
+        del stack[start:]
+        stack[-1].update(zip(items[::2], items[1::2], strict=True))
+    else:
+        value = stack.pop()
+        stack[-1][stack.pop()] = value
 
 
 def mark_cache_directory(directory: Path) -> None:
