@@ -173,6 +173,7 @@ class Store:
         # runs code.  See pytest_memo.store.signing.
         self.signing: Signing | None = signing or (HmacSigning(secret) if secret else None)
         self.base = root / LAYOUT
+        self._entries = self.base / "entries"
         self._local = threading.local()
         # Every index connection this object opened, with the process that opened it:
         # close() closes this process's own (never a parent's, inherited by a fork).
@@ -186,11 +187,13 @@ class Store:
         # read when used, so it is checked once per process, not on every hit.
         self._verified: set[tuple[int, int, int]] = set()
         self._reported: set[str] = set()
+        self._slots: dict[str, list[tuple[str, float]]] | None = None  # see _scanned_slots
 
     # -- paths ----------------------------------------------------------------
 
-    def entry_path(self, key: str) -> Path:
-        return self.base / "entries" / key[:2] / f"{key}.memo"
+    def entry_path(self, key: str, suffix: str = ".memo") -> Path:
+        """The entry file of ``key``, or with another ``suffix`` a file that goes with it."""
+        return self._entries.joinpath(key[:2], key + suffix)
 
     def _lock_path(self, key: str) -> Path:
         return self.base / "locks" / f"{key}.lock"
@@ -503,12 +506,14 @@ class Store:
 
     def remove(self, key: str) -> None:
         self._writable()
-        path = self.entry_path(key)
-        with contextlib.suppress(NotADirectoryError):
-            self._remove_path(path)
-            self._remove_path(path.with_suffix(".sig"))
-            self._remove_path(path.with_suffix(".parts"))  # the manifest: see explain.py
+        self._remove_entry_files(key)
         self._query(lambda index: index.execute("DELETE FROM entries WHERE key = ?", (key,)))
+
+    def _remove_entry_files(self, key: str) -> None:
+        """The entry, its signature and its manifest (see explain.py)."""
+        with contextlib.suppress(NotADirectoryError):  # a file where entries/ab/ belongs
+            for suffix in (".memo", ".sig", ".parts"):
+                self._remove_path(self.entry_path(key, suffix))
 
     def lock(self, key: str) -> filelock.BaseFileLock:
         """The key's lock: whoever holds it computes the entry, the others wait for it.
@@ -685,30 +690,26 @@ class Store:
         """Index rows for the entry files, read from their metadata (nothing is unpickled)."""
         from pytest_memo.core.serialize import pickle_stream
 
-        for directory in _scandir(self.base / "entries"):
-            for item in _scandir(Path(directory.path)):
-                if not item.name.endswith(".memo") or item.name.startswith("."):
-                    continue
-                try:
-                    handle = open_regular(Path(item.path))
-                    with open(handle, "rb", buffering=0) as file:
-                        size = os.fstat(file.fileno()).st_size
-                        info = _leading_dict(pickle_stream(file, item.path))
-                    entry = EntryInfo(**info)
-                except (OSError, ValueError, TypeError, KeyError):
-                    continue  # damaged: found and reported when it is next used
-                key = item.name[: -len(".memo")]
-                yield (
-                    key,
-                    entry.slot,
-                    entry.fixture,
-                    entry.source,
-                    entry.created,
-                    time.time(),
-                    size,
-                    entry.seconds,
-                    entry.project,
-                )
+        for path in self._entry_files():
+            try:
+                handle = open_regular(path)
+                with open(handle, "rb", buffering=0) as file:
+                    size = os.fstat(file.fileno()).st_size
+                    info = _leading_dict(pickle_stream(file, str(path)))
+                entry = EntryInfo(**info)
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # damaged: found and reported when it is next used
+            yield (
+                path.stem,
+                entry.slot,
+                entry.fixture,
+                entry.source,
+                entry.created,
+                time.time(),
+                size,
+                entry.seconds,
+                entry.project,
+            )
 
     def _rebuild(self, reason: str) -> None:
         """Replace a damaged index by one built from the entry files, under a lock (several
@@ -773,13 +774,24 @@ class Store:
     def keys_in_slot(self, slot: str) -> list[tuple[str, float]]:
         """The keys of the entries in ``slot``, with the time each was created."""
         if self.read_only:  # from the entry files: opening the index may write to it
-            return [(row.key, row.created) for row in self._scanned_listing() if row.slot == slot]
+            return self._scanned_slots().get(slot, [])
         rows = self._query(
             lambda index: index.execute(
                 "SELECT key, created FROM entries WHERE slot = ?", (slot,)
             ).fetchall()
         )
         return [(str(key), float(created)) for key, created in rows]
+
+    def _scanned_slots(self) -> dict[str, list[tuple[str, float]]]:
+        """The keys of each slot, read from the entry files once per process: each miss of
+        a read-only run asks (to explain it), and reading 10,000 entries takes a second;
+        the run itself adds none."""
+        if self._slots is None:
+            slots: dict[str, list[tuple[str, float]]] = {}
+            for row in self._scanned_listing():
+                slots.setdefault(row.slot, []).append((row.key, row.created))
+            self._slots = slots
+        return self._slots
 
     def has_other_in_slot(self, slot: str, key: str, project: str = "") -> bool:
         """Whether the store holds another key for ``slot`` written by ``project`` (or by a
@@ -858,7 +870,30 @@ class Store:
         """The size of the entries, and of the temporary files being written."""
         self.remove_leftovers()
         _, live = self._leftovers()
-        return sum(entry.size for entry in self.listing()) + sum(_size(path) for path in live)
+        return self._entries_size() + sum(_size(path) for path in live)
+
+    def _entries_size(self) -> int:
+        """Summed in the index; in a read-only store (or without a usable index), from the
+        sizes of the entry files: every run's summary says it, so it must not read every
+        entry of a large store."""
+        if not self.base.is_dir():
+            return 0
+        if not self.read_only:
+            with contextlib.suppress(OSError):
+                return int(
+                    self._query(
+                        lambda index: index.execute(
+                            "SELECT COALESCE(SUM(size), 0) FROM entries"
+                        ).fetchone()[0]
+                    )
+                )
+        return sum(_size(path) for path in self._entry_files())
+
+    def _entry_files(self) -> Iterator[Path]:
+        for directory in _scandir(self._entries):
+            for item in _scandir(Path(directory.path)):
+                if item.name.endswith(".memo") and not item.name.startswith("."):
+                    yield Path(item.path)
 
     # -- housekeeping ---------------------------------------------------------
 
@@ -866,12 +901,7 @@ class Store:
         """Remove every entry, or only the entries of one fixture; returns how many."""
         if fixture is None:
             # Counted from the files, not the index, which may be damaged.
-            count = sum(
-                1
-                for directory in _scandir(self.base / "entries")
-                for item in _scandir(Path(directory.path))
-                if item.name.endswith(".memo") and not item.name.startswith(".")
-            )
+            count = sum(1 for _ in self._entry_files())
             self.close()
             for name in ("entries", "locks", TEMPORARY):
                 with contextlib.suppress(FileNotFoundError):
@@ -915,11 +945,7 @@ class Store:
         if not keys:
             return  # no index to open (a store that does not exist yet stays so)
         for key in keys:
-            path = self.entry_path(key)
-            with contextlib.suppress(NotADirectoryError):
-                self._remove_path(path)
-                self._remove_path(path.with_suffix(".sig"))
-                self._remove_path(path.with_suffix(".parts"))  # the manifest: see explain.py
+            self._remove_entry_files(key)
         self._query(
             lambda index: index.executemany(
                 "DELETE FROM entries WHERE key = ?", [(key,) for key in keys]
