@@ -510,10 +510,18 @@ class Store:
         self._query(lambda index: index.execute("DELETE FROM entries WHERE key = ?", (key,)))
 
     def _remove_entry_files(self, key: str) -> None:
-        """The entry, its signature and its manifest (see explain.py)."""
+        """The entry, its signature and its manifest (see explain.py).  Plain unlinks of
+        path strings first: a prune of 10,000 entries spent a third of its time in
+        pathlib."""
+        stem = str(self.entry_path(key, ""))
         with contextlib.suppress(NotADirectoryError):  # a file where entries/ab/ belongs
             for suffix in (".memo", ".sig", ".parts"):
-                self._remove_path(self.entry_path(key, suffix))
+                try:
+                    os.unlink(stem + suffix)
+                except FileNotFoundError:
+                    pass
+                except OSError:  # a directory in its place, ...
+                    self._remove_path(Path(stem + suffix))
 
     def lock(self, key: str) -> filelock.BaseFileLock:
         """The key's lock: whoever holds it computes the entry, the others wait for it.
