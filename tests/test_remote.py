@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -308,6 +309,79 @@ def test_a_missing_bucket_gives_one_warning(project: MemoSuite, bucket: Bucket) 
     result = project.run_subprocess(f"--memo-dir=s3://{bucket.name}-missing/cache")
     result.assert_outcomes(passed=2, warnings=1)
     result.stdout.fnmatch_lines(["*cannot be used*"])
+
+
+# -- read-only runs: nothing written anywhere ---------------------------------------------
+
+STOP = """
+import os, signal
+
+def test_stop(data):
+    if os.environ["STOP"] == "interrupt":
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.fixture
+def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system's temporary directory of the runs started by the test, empty."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setenv("TMPDIR", str(directory))
+    return directory
+
+
+@needs_s3
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_a_read_only_run_keeps_its_downloads_only_while_it_runs(
+    project: MemoSuite,
+    bucket: Bucket,
+    elsewhere: Any,
+    temporary: Path,
+    workers: tuple[str, ...],
+) -> None:
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
+    before = bucket.keys()
+    other = elsewhere()
+    for _ in range(2):  # and the second run downloads again: nothing was kept
+        result = other.run(f"--memo-dir={url}", "--memo-read-only", *workers)
+        result.assert_outcomes(passed=2)
+        result.stdout.fnmatch_lines(["memo: * hit*, 0 misses*(read-only: nothing stored)"])
+        assert other.calls() == []  # loaded from the bucket (memory-mapped, mmap=True)
+        assert not (other.path / ".pytest_memo").exists()  # no local cache
+        assert list(temporary.iterdir()) == []  # the downloads went with the run
+    assert bucket.keys() == before
+
+
+@needs_s3
+def test_an_interrupted_or_killed_read_only_run_leaves_no_download_behind(
+    project: MemoSuite,
+    bucket: Bucket,
+    elsewhere: Any,
+    temporary: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = bucket.url()
+    project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=2)
+    other = elsewhere()
+    other.path.joinpath("test_stop.py").write_text(STOP)
+    monkeypatch.setenv("STOP", "interrupt")  # Ctrl-C
+    result = other.run(f"--memo-dir={url}", "--memo-read-only", "test_stop.py")
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    assert list(temporary.iterdir()) == []
+
+    monkeypatch.setenv("STOP", "kill")  # SIGKILL: nothing of the run's own can clean up
+    result = other.run(f"--memo-dir={url}", "--memo-read-only", "test_stop.py")
+    assert result.ret == -signal.SIGKILL, result.stdout.str()
+    (left,) = temporary.iterdir()
+    assert left.name.startswith("pytest-memo-downloads.")
+    result = other.run(f"--memo-dir={url}", "--memo-read-only", "test_it.py")
+    result.assert_outcomes(passed=2)  # the next read-only run removes it
+    assert list(temporary.iterdir()) == []
+    assert other.calls() == []
+    assert not (other.path / ".pytest_memo").exists()
 
 
 # -- other filesystems and errors ---------------------------------------------------------
@@ -647,11 +721,13 @@ def table():
 
 
 @needs_s3
+@pytest.mark.parametrize("mode", [(), ("--memo-read-only",)], ids=["writes", "read-only"])
 def test_a_data_file_edited_in_another_checkout_recomputes_a_remote_entry(
-    project: MemoSuite, bucket: Bucket, elsewhere: Any
+    project: MemoSuite, bucket: Bucket, elsewhere: Any, mode: tuple[str, ...]
 ) -> None:
     # The files a value read travel with its entry: a checkout that downloads the entry
-    # checks them, and an edit there recomputes (it served the stored value).
+    # checks them, and an edit there recomputes (it served the stored value).  Read-only,
+    # the manifest is read from the run's temporary downloads.
     project.write("conftest.py", READS_A_FILE)
     project.write("test_it.py", "def test_table(table):\n    print('TABLE', table)\n")
     project.write("table.csv", "a,b\n")
@@ -659,7 +735,7 @@ def test_a_data_file_edited_in_another_checkout_recomputes_a_remote_entry(
     project.run_subprocess(f"--memo-dir={url}").assert_outcomes(passed=1)
     other = elsewhere()
     other.path.joinpath("table.csv").write_text("a,b,c\n")
-    result = other.run(f"--memo-dir={url}", "-s")
+    result = other.run(f"--memo-dir={url}", "-s", *mode)
     result.assert_outcomes(passed=1)
     assert other.calls() == ["table"]
     result.stdout.fnmatch_lines(["*TABLE a,b,c"])

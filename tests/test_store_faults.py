@@ -20,6 +20,8 @@ import pytest
 from memo_suite import SPEED_FLAGS, MemoSuite
 
 from pytest_memo.core.files import STALE_SECONDS
+from pytest_memo.core.serialize import dump
+from pytest_memo.store.local import EntryInfo, Store, StoreRepairWarning
 
 PAIR = """
 @pytest.fixture
@@ -172,6 +174,36 @@ def test_the_index_is_rebuilt_without_unpickling_an_entry(pair: MemoSuite) -> No
     shown = pair.run("--memo-show")
     shown.stdout.fnmatch_lines_random(["*first*", "*second*", "*loud*"])
     assert pair.calls() == ["first", "second"]
+
+
+def test_a_rebuilt_index_lists_each_entry_as_it_was_written(tmp_path: Path) -> None:
+    """The entries' metadata read from their pickle opcodes: long strings (a length of 4
+    bytes), repeated strings (pickled once, then fetched from the memo), numbers of every
+    size, the metadata of an older version without the newer fields; an entry whose
+    stream holds no metadata is left out, not fatal."""
+    infos = {
+        "a" * 32: EntryInfo("plain", "conftest.py", "plain", 0.25, 1_700_000_000.5),
+        "b" * 32: EntryInfo("x" * 300, "src/" + "é" * 200, "slot", 12345.0, -1.0, "r", "p"),
+        "c" * 32: EntryInfo("same", "same", "same", 0.0, 3.0, "same", "same"),
+    }
+    store = Store(tmp_path)
+    store.prepare()
+    for key, info in infos.items():
+        store.write(key, info, {"value": list(range(300))})
+    old = {"fixture": "old", "source": "o.py", "slot": "old", "seconds": 7, "created": 2.0}
+    for key, written in (("d" * 32, (old, 1)), ("e" * 32, ("not an info", 1))):
+        store.entry_path(key).parent.mkdir()
+        dump(written, store.entry_path(key))
+    store.close()
+    (tmp_path / "v1" / "index.sqlite").write_text("damaged\n")
+    with pytest.warns(StoreRepairWarning, match="rebuilt it from the entry files"):
+        listed = {row.key: row for row in Store(tmp_path).listing()}
+    assert sorted(listed) == ["a" * 32, "b" * 32, "c" * 32, "d" * 32]
+    for key, info in infos.items():
+        row = listed[key]
+        assert (row.fixture, row.source, row.slot) == (info.fixture, info.source, info.slot)
+        assert (row.created, row.seconds, row.project) == (info.created, info.seconds, info.project)
+    assert (listed["d" * 32].fixture, listed["d" * 32].seconds) == ("old", 7)
 
 
 # -- damaged layout ----------------------------------------------------------------------

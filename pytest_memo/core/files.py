@@ -16,6 +16,7 @@ __all__ = [
     "STALE_SECONDS",
     "open_regular",
     "temporary_beside",
+    "temporary_directory",
     "temporary_in",
     "write_atomically",
     "writer_gone",
@@ -58,6 +59,12 @@ def temporary_in(directory: Path, name: str) -> tuple[int, str]:
     return handle, temporary
 
 
+def temporary_directory(parent: Path, name: str) -> Path:
+    """A new directory ``name.host.pid.XXXXXXXX.tmp`` in ``parent``, only its owner's,
+    named after its maker like the files of :func:`temporary_in` (see :func:`writer_gone`)."""
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{name}.{_writer_tag()}.", suffix=".tmp"))
+
+
 def temporary_beside(path: Path) -> tuple[int, str]:
     """A new temporary file in ``path``'s directory (so a rename onto ``path`` is atomic)."""
     handle, temporary = tempfile.mkstemp(
@@ -68,9 +75,10 @@ def temporary_beside(path: Path) -> tuple[int, str]:
 
 
 def writer_gone(path: Path, now: float | None = None) -> bool:
-    """Whether the temporary file ``path`` (named by :func:`temporary_in` or
-    :func:`temporary_beside`) is left over: its writer, on this host, is no longer running,
-    or it has not been written to for :data:`STALE_SECONDS`."""
+    """Whether the temporary file or directory ``path`` (named by :func:`temporary_in`,
+    :func:`temporary_beside` or :func:`temporary_directory`) is left over: its writer, on
+    this host, is no longer running, or it has not been written to for
+    :data:`STALE_SECONDS`."""
     try:
         modified = path.lstat().st_mtime
     except FileNotFoundError:

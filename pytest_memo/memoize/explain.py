@@ -56,13 +56,13 @@ class Manifest:
 
 
 def manifest_path(store: Store, key: str) -> Path:
-    return store.entry_path(key).with_suffix(SUFFIX)
+    return store.entry_path(key, SUFFIX)
 
 
 def read_manifest(store: Store, key: str) -> Manifest | None:
     try:
-        with paused():
-            data = json.loads(manifest_path(store, key).read_text())
+        with paused(), open(manifest_path(store, key), "rb", buffering=0) as file:
+            data = json.loads(file.read())
     except (OSError, ValueError):
         return None
     return Manifest(data) if isinstance(data, dict) else None

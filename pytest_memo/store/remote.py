@@ -10,7 +10,10 @@ layout::
 
 A read that misses locally downloads the remote entry to a temporary file beside its
 local place and renames it there, then reads it as a local entry: every entry checks
-itself, so a damaged download is a CorruptFileError like a damaged local file.  A write
+itself, so a damaged download is a CorruptFileError like a damaged local file.  A
+read-only run (``--memo-read-only``) writes nothing that outlives it: it downloads into a
+temporary directory of its own process, removed when the run ends (Ctrl-C included), and
+by a later run if this one was killed.  A write
 stores locally, then uploads.  An upload publishes all at once: a PUT of a whole object is
 atomic on object stores (S3, GCS, Azure); elsewhere the file goes to a temporary name and
 is moved into place.  Two machines missing the same entry at once each compute it and
@@ -30,6 +33,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -41,7 +46,7 @@ from typing import Any
 import pytest
 
 from pytest_memo.core.errors import CorruptFileError, MemoWarning
-from pytest_memo.core.files import temporary_beside
+from pytest_memo.core.files import temporary_beside, temporary_directory, writer_gone
 from pytest_memo.store.local import (
     Entry,
     EntryInfo,
@@ -74,6 +79,9 @@ EXTRAS = {
 S3_CONFIG = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1}}
 S3_RETRIES = 1
 WORKER_INPUT = "pytest_memo_remote_off"  # xdist: the main process gave the remote up
+# The temporary directories of read-only runs' downloads, in the system's temporary
+# directory: pytest-memo-downloads.<host>.<pid>.<random>.tmp
+DOWNLOADS = "pytest-memo-downloads"
 # --memo-prune on a remote store: entries no run used (hit or stored) for this long go.
 DEFAULT_PRUNE_GRACE = "7d"
 # Object timestamps are whole seconds (S3's LastModified): an entry is only old enough to
@@ -118,6 +126,11 @@ class RemoteStore(Store):
         self._marks_off = False
         self.prune_grace = parse_duration(DEFAULT_PRUNE_GRACE)
         self.remote_pruned: int | None = None
+        # Read-only: this process's directory of downloads (with the process that made
+        # it: a forked worker makes its own), and where each key downloaded lies.
+        self._downloads: tuple[int, Path] | None = None
+        self._downloaded: dict[str, Path] = {}
+        self._downloads_lock = threading.Lock()
 
     # -- the remote -----------------------------------------------------------
 
@@ -214,6 +227,33 @@ class RemoteStore(Store):
 
     # -- entries --------------------------------------------------------------
 
+    def entry_path(self, key: str, suffix: str = ".memo") -> Path:
+        """In the local cache; for an entry a read-only run downloaded, in its downloads."""
+        downloads = self._downloaded.get(key)
+        if downloads is not None:
+            return _in(downloads, key, suffix)
+        return super().entry_path(key, suffix)
+
+    def _download_directory(self) -> Path:
+        """This process's directory of downloads, made on first use (raises OSError)."""
+        with self._downloads_lock:
+            if self._downloads is None or self._downloads[0] != os.getpid():
+                parent = Path(tempfile.gettempdir())
+                remove_abandoned_downloads(parent)
+                self._downloads = (os.getpid(), temporary_directory(parent, DOWNLOADS))
+            return self._downloads[1]
+
+    def close(self) -> None:
+        """Close the index; the downloads of a read-only run go with it: the run ends."""
+        super().close()
+        with self._downloads_lock:
+            if self._downloads is None or self._downloads[0] != os.getpid():
+                return  # none, or the parent process's (a forked worker): not ours
+            directory = self._downloads[1]
+            self._downloads = None
+            self._downloaded = {k: d for k, d in self._downloaded.items() if d != directory}
+        shutil.rmtree(directory, ignore_errors=True)
+
     def read(self, key: str, mmap: bool = False) -> Entry | None:
         entry = super().read(key, mmap=mmap)
         if entry is not None or not self.remote_usable or not self._download(key):
@@ -225,12 +265,22 @@ class RemoteStore(Store):
             raise type(error)(f"{error} (downloaded from {self.url})") from None
 
     def _download(self, key: str) -> bool:
-        """Bring the remote entry into the local cache; False if there is none (or no remote)."""
-        target = self.entry_path(key)
+        """Bring the remote entry into the local cache, or in a read-only run into this
+        process's downloads; False if there is none (or no remote)."""
         try:
+            downloads = self._download_directory() if self.read_only else None
+            target = super().entry_path(key) if downloads is None else _in(downloads, key)
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             return False  # the local store's own problem: its read and write report it
+        if not self._fetch(key, target):
+            return False
+        if downloads is not None:
+            self._downloaded[key] = downloads
+        return True
+
+    def _fetch(self, key: str, target: Path) -> bool:
+        """Download the entry (and its sidecars) to ``target``: False if there is none."""
         files = [("", target)] + [
             (suffix, target.with_suffix(suffix)) for suffix in self._sidecars()
         ]
@@ -437,6 +487,27 @@ class RemoteStore(Store):
         except Exception as error:
             self._give_up(error)
         return count
+
+
+def _in(downloads: Path, key: str, suffix: str = ".memo") -> Path:
+    """Where a downloaded entry (or a file that goes with it) lies in ``downloads``."""
+    return downloads.joinpath(key[:2], key + suffix)
+
+
+def remove_abandoned_downloads(parent: Path) -> None:
+    """Remove the download directories in ``parent`` of read-only runs that were killed
+    (SIGKILL, a crash) before they could remove them."""
+    abandoned: list[str] = []
+    with contextlib.suppress(OSError), os.scandir(parent) as items:
+        abandoned = [
+            item.path
+            for item in items
+            if item.name.startswith(f"{DOWNLOADS}.")
+            and item.is_dir(follow_symlinks=False)
+            and writer_gone(Path(item.path))
+        ]
+    for path in abandoned:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _modified(info: dict[str, Any]) -> float | None:
