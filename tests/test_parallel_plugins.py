@@ -234,15 +234,17 @@ def plugins_python() -> str:
     return python
 
 
+# pytest-asyncio warns (in every run's counts) while its loop scope is left unset.
+PLUGIN_FLAGS = ("-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function")
+
+
 class Runner:
     def __init__(self, pytester: pytest.Pytester, python: str) -> None:
         self.pytester = pytester
         self.python = python
 
     def __call__(self, *options: str) -> pytest.RunResult:
-        return self.pytester.run(
-            self.python, "-m", "pytest", "-p", "no:cacheprovider", *options, timeout=300
-        )
+        return self.pytester.run(self.python, "-m", "pytest", *PLUGIN_FLAGS, *options, timeout=300)
 
 
 @pytest.fixture
@@ -430,3 +432,98 @@ def test_xdist_style_conftest_with_the_plugins(pytester: pytest.Pytester, run: R
     run("--par=2").assert_outcomes(passed=6)
     down = (pytester.path / "nodes-down.jsonl").read_text().split("\n")
     assert len([line for line in down if line]) == 2
+
+
+# A test that fails, or crashes its worker, the first time(s) it runs: each attempt leaves a
+# file, so the rerun (in whichever worker) knows it is one.
+FIRST_ATTEMPTS = """
+import os
+
+def first_attempts(name, count=1):
+    attempts = len([path for path in os.listdir() if path.startswith(f"attempt-{name}-")])
+    open(f"attempt-{name}-{attempts}", "w").close()
+    return attempts < count
+"""
+
+FLAKY = f"""
+import pytest
+{FIRST_ATTEMPTS}
+
+def test_flaky():
+    assert not first_attempts("flaky")
+
+@pytest.mark.flaky(reruns=3)
+def test_flaky_twice():
+    assert not first_attempts("twice", count=2)
+
+@pytest.mark.parametrize("i", range(4))
+def test_plain(i):
+    pass
+"""
+
+CRASHES = f"""
+import os, signal
+{FIRST_ATTEMPTS}
+
+def test_exits_once():
+    if first_attempts("exits"):
+        os._exit(3)
+
+def test_kills_itself_once():
+    if first_attempts("killed"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def test_always_crashes():
+    os._exit(4)
+"""
+
+
+def rerun_summary(result: pytest.RunResult) -> list[str]:
+    """pytest-rerunfailures' summary (``-rR``): each attempt of each rerun test, in order."""
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "rerun test summary info" in line)
+    words = ("RERUN", "PASSED", "FAILED")
+    return [line for line in lines[start + 1 :] if line.split(" ")[0] in words]
+
+
+def forget_attempts(pytester: pytest.Pytester) -> None:
+    for path in pytester.path.glob("attempt-*"):
+        path.unlink()
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_rerunfailures_reruns_flaky_tests_as_a_serial_run(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    pytester.makepyfile(test_flaky=FLAKY)
+    serial = run("--reruns=1", "-rR")
+    assert serial.parseoutcomes() == {"passed": 6, "rerun": 3}
+    forget_attempts(pytester)
+    parallel = run("--reruns=1", "-rR", *STARTS[start])
+    assert parallel.parseoutcomes() == serial.parseoutcomes()
+    assert rerun_summary(parallel) == rerun_summary(serial)
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_rerunfailures_reruns_tests_that_crash_their_worker(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    """As under xdist: the main process counts each test's crashes (pytest_handlecrashitem)
+    and the reruns that workers report to it.  Spawned workers did not report to it:
+    before, their crashed tests were not rerun."""
+    pytester.makepyfile(test_crashes=CRASHES)
+    # (syrupy warns, in the counts, that a crashed worker sent it no snapshot report)
+    result = run("--reruns=1", "-rR", "-p", "no:syrupy", *STARTS[start])
+    assert result.parseoutcomes() == {"passed": 2, "failed": 1, "rerun": 3}
+    for test, words in [
+        ("test_exits_once", ["RERUN", "PASSED"]),
+        ("test_kills_itself_once", ["RERUN", "PASSED"]),
+        ("test_always_crashes", ["RERUN", "FAILED"]),
+    ]:
+        attempts = [line.split(" ")[0] for line in rerun_summary(result) if test in line]
+        assert attempts == words, test
+    result.stdout.fnmatch_lines(["*test_always_crashes crashed: *exited with code 4*"])
+    # Without --reruns, a crash fails its test.
+    forget_attempts(pytester)
+    once = run(*STARTS[start], "-p", "no:syrupy", "-k", "exits_once")
+    assert once.parseoutcomes() == {"failed": 1, "deselected": 2}

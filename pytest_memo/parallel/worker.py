@@ -197,7 +197,6 @@ def run_worker(
         config.get_terminal_writer = lambda: writer  # type: ignore[method-assign]
         _own_capture_files(config, output)
         _dump_tracebacks_on_timeout(output)
-        _count_reruns_in_the_main_process(config)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
         _leave_reporting_to_the_main_process(config, recorder)
@@ -205,6 +204,7 @@ def run_worker(
         match commands.recv():
             case Configure(workerinput):
                 become_worker(config, workerinput)
+                _count_reruns_in_the_main_process(config, workerinput)
         if coverage is not None:
             coverage.record_this_worker()
         status = _loop(session, commands, results, recorder, parent)
@@ -367,18 +367,24 @@ def _dump_tracebacks_on_timeout(output: CaptureFiles | None) -> None:
     faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=True)
 
 
-def _count_reruns_in_the_main_process(config: pytest.Config) -> None:
+def _count_reruns_in_the_main_process(config: pytest.Config, workerinput: dict[str, Any]) -> None:
     """pytest-rerunfailures decides in the main process whether to rerun a test whose
-    worker crashed, from what workers tell its server there (as xdist workers do): a
-    forked worker inherited the server itself, so connect to it instead."""
+    worker crashed, from the failures that workers tell its server there: an xdist worker
+    connects to it in ``pytest_configure``, at the address its ``pytest_configure_node``
+    put in ``workerinput``.  This process was configured before it was a worker (forked
+    from the main process, or spawned), so it holds a server (the main process's, or one
+    of its own that nobody asks): connect to the main process's instead."""
     server: Any = getattr(config, "failures_db", None)
-    if type(server).__name__ != "ServerStatusDB":
+    if type(server).__name__ != "ServerStatusDB" or "sock_port" not in workerinput:
         return
+    address = [workerinput["sock_port"]]
+    if "statusdb_token" in workerinput:  # (its recent versions authenticate workers)
+        address.append(workerinput["statusdb_token"])
     try:
         import importlib
 
         client = importlib.import_module("pytest_rerunfailures").ClientStatusDB
-        setattr(config, "failures_db", client(server.sock_port, server.token))  # noqa: B010
+        setattr(config, "failures_db", client(*address))  # noqa: B010
     except Exception:  # another version: crashed tests are not rerun, as before
         return
 
