@@ -12,6 +12,8 @@ tasks.py test`` builds ``.venv-plugins`` and names its python in
 
 from __future__ import annotations
 
+import gzip
+import html
 import json
 import os
 import re
@@ -527,3 +529,99 @@ def test_rerunfailures_reruns_tests_that_crash_their_worker(
     forget_attempts(pytester)
     once = run(*STARTS[start], "-p", "no:syrupy", "-k", "exits_once")
     assert once.parseoutcomes() == {"failed": 1, "deselected": 2}
+
+
+# -- report files: pytest-reportlog, pytest-html ---------------------------------------------
+
+REPORTED = """
+import sys, warnings, pytest, pytest_html
+
+@pytest.mark.parametrize("i", range(3))
+def test_pass(i, record_property):
+    record_property("i", i)
+    print("printed", i)
+
+def test_fail():
+    print("before failing")
+    sys.stderr.write("to stderr\\n")
+    assert 1 == 2
+
+@pytest.mark.skip(reason="not today")
+def test_skip():
+    pass
+
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+
+def test_warns():
+    warnings.warn(UserWarning("careful"))
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("setup broke")
+
+def test_error(broken):
+    pass
+
+def test_extras(extras):
+    extras.append(pytest_html.extras.url("https://example.invalid/", name="link"))
+"""
+
+# What differs from run to run, or from worker to worker (xdist's fields, which --par's
+# reports do not carry, are ignored too).
+TIMING_AND_WORKER_FIELDS = {"duration", "start", "stop", "worker_id", "item_index", "node"}
+
+
+def reportlog_records(path: Path) -> list[dict[str, object]]:
+    """pytest-reportlog's records, without timings, in an order of their own (a parallel
+    run reports tests in the order they finish)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    kept = [{k: v for k, v in r.items() if k not in TIMING_AND_WORKER_FIELDS} for r in records]
+    return sorted(kept, key=lambda record: json.dumps(record, sort_keys=True))
+
+
+def html_results(path: Path) -> dict[str, object]:
+    """pytest-html's report: each test's results (outcome, log, extras), the counts, and
+    the environment (pytest-metadata's) it shows."""
+    text = path.read_text()
+    data = json.loads(html.unescape(re.search('data-jsonblob="([^"]*)"', text).group(1)))
+    tests = {
+        test: sorted((row["result"], row["log"], json.dumps(row["extras"])) for row in rows)
+        for test, rows in data["tests"].items()
+    }
+    counts = re.findall(r"(\d+) (Failed|Passed|Skipped|Expected failures|Errors|Reruns)", text)
+    return {"tests": tests, "counts": sorted(counts), "environment": data["environment"]}
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_reportlog_and_html_files_hold_what_a_serial_run_writes(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    """Before, workers wrote to these files too: a forked worker's end of session added a
+    record to the log (a compressed log was left unreadable), a spawned worker emptied the
+    log as it started, and pytest-html's metadata failed the run (an INTERNALERROR)."""
+    pytester.makepyfile(test_reported=REPORTED)
+    files = {}
+    for name, options in {"serial": (), "parallel": STARTS[start]}.items():
+        for log in ("log.jsonl", "log.jsonl.gz"):
+            (pytester.path / log).unlink(missing_ok=True)
+        result = run(*options, "--report-log=log.jsonl", f"--html={name}.html")
+        assert result.parseoutcomes() == {
+            "passed": 5,
+            "failed": 1,
+            "skipped": 1,
+            "xfailed": 1,
+            "warnings": 1,
+            "errors": 1,
+        }, name
+        gzipped = run(*options, "--report-log=log.jsonl.gz", "-k", "pass or warns")
+        gzipped.assert_outcomes(passed=4, deselected=5, warnings=1)
+        with gzip.open(pytester.path / "log.jsonl.gz", "rt") as compressed:
+            (pytester.path / "unzipped.jsonl").write_text(compressed.read())
+        files[name] = (
+            reportlog_records(pytester.path / "log.jsonl"),
+            reportlog_records(pytester.path / "unzipped.jsonl"),
+            html_results(pytester.path / f"{name}.html"),
+        )
+    assert files["parallel"] == files["serial"]

@@ -40,6 +40,7 @@ from pytest_memo.parallel.protocol import (
     SuiteProperty,
 )
 from pytest_memo.parallel.replay import warning_event
+from pytest_memo.parallel.report_files import main_only_writers
 from pytest_memo.pytest_compat import (
     FDCapture,
     TerminalWriter,
@@ -181,9 +182,7 @@ def run_worker(
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
-        xml = config.stash.get(xml_key, None)  # junitxml's writer
-        if xml is not None and config.pluginmanager.is_registered(xml):
-            config.pluginmanager.unregister(xml)
+        _leave_report_files_to_the_main_process(config)
         # The terminal reporter stays, silent: plugins attach what they show in the main
         # process's summary to reports only where they find one (Hypothesis' statistics),
         # as in pytest-xdist's workers.
@@ -254,6 +253,15 @@ def _disable(implementation: Any) -> None:
         implementation.function = _old_style_pass_through
     else:
         implementation.function = _ignore
+
+
+def _leave_report_files_to_the_main_process(config: pytest.Config) -> None:
+    for writer in main_only_writers(config):
+        config.pluginmanager.unregister(writer)
+    # pytest-reportlog closes its file in pytest_unconfigure: a forked worker's copy of it
+    # shares the main process's file offset, and a compressed one (.gz) would write its
+    # trailer into the middle of the log.
+    _skip_hook(config, "pytest_unconfigure", config.pluginmanager.get_plugin("pytest_reportlog"))
 
 
 def _record_suite_properties(config: pytest.Config, recorder: _EventRecorder) -> None:
