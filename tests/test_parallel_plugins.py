@@ -24,6 +24,7 @@ import pytest
 
 FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
 STARTS = {"fork": ("--par=2",), "spawn": ("--par=2", "--par-start=spawn")}
+MODES = {**STARTS, "thread": ("--par=2", "--par-mode=thread")}
 
 
 @pytest.fixture(autouse=True)
@@ -194,9 +195,7 @@ def test_plain(i):
 """
 
 
-@pytest.mark.parametrize(
-    "options", [*STARTS.values(), ("--par=2", "--par-mode=thread")], ids=[*STARTS, "thread"]
-)
+@pytest.mark.parametrize("options", list(MODES.values()), ids=list(MODES))
 def test_subtest_failures_fail_their_test(
     pytester: pytest.Pytester, options: tuple[str, ...]
 ) -> None:
@@ -374,9 +373,7 @@ def test_plain():
 DISABLED = "*Benchmarks are automatically disabled because xdist plugin is active*"
 
 
-@pytest.mark.parametrize(
-    "options", [*STARTS.values(), ("--par=2", "--par-mode=thread")], ids=[*STARTS, "thread"]
-)
+@pytest.mark.parametrize("options", list(MODES.values()), ids=list(MODES))
 def test_benchmark_disables_itself_and_says_so(
     pytester: pytest.Pytester, run: Runner, options: tuple[str, ...]
 ) -> None:
@@ -594,16 +591,16 @@ def html_results(path: Path) -> dict[str, object]:
     return {"tests": tests, "counts": sorted(counts), "environment": data["environment"]}
 
 
-@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize("mode", MODES)
 def test_reportlog_and_html_files_hold_what_a_serial_run_writes(
-    pytester: pytest.Pytester, run: Runner, start: str
+    pytester: pytest.Pytester, run: Runner, mode: str
 ) -> None:
     """Before, workers wrote to these files too: a forked worker's end of session added a
     record to the log (a compressed log was left unreadable), a spawned worker emptied the
     log as it started, and pytest-html's metadata failed the run (an INTERNALERROR)."""
     pytester.makepyfile(test_reported=REPORTED)
     files = {}
-    for name, options in {"serial": (), "parallel": STARTS[start]}.items():
+    for name, options in {"serial": (), "parallel": MODES[mode]}.items():
         for log in ("log.jsonl", "log.jsonl.gz"):
             (pytester.path / log).unlink(missing_ok=True)
         result = run(*options, "--report-log=log.jsonl", f"--html={name}.html")
@@ -625,3 +622,64 @@ def test_reportlog_and_html_files_hold_what_a_serial_run_writes(
             html_results(pytester.path / f"{name}.html"),
         )
     assert files["parallel"] == files["serial"]
+
+
+# -- pytest-cov ------------------------------------------------------------------------------
+
+# Each test takes some branches of one function: the totals match only if what every worker
+# ran is counted, once.
+COVERED = {
+    "shapes": """
+    SIDES = {"square": 4, "triangle": 3}  # run at import, during collection
+
+    def perimeter(shape, side):
+        if side <= 0:
+            return 0
+        if shape not in SIDES:
+            raise ValueError(shape)
+        return SIDES[shape] * side
+
+    def never_called():
+        return "missed"
+    """,
+    "test_shapes": """
+    import pytest, shapes
+
+    @pytest.mark.parametrize("side", range(-1, 3))
+    def test_square(side):
+        assert shapes.perimeter("square", side) == max(4 * side, 0)
+
+    @pytest.mark.parametrize("shape", ["circle", "line"])
+    def test_unknown(shape):
+        with pytest.raises(ValueError):
+            shapes.perimeter(shape, 1)
+    """,
+}
+
+
+def coverage_measured(path: Path) -> dict[str, object]:
+    """coverage.py's JSON report: the totals, and each file's lines and branches."""
+    report = json.loads(path.read_text())
+    kinds = ("executed_lines", "missing_lines", "executed_branches", "missing_branches")
+    files = {
+        name: {kind: measured[kind] for kind in kinds} for name, measured in report["files"].items()
+    }
+    return {"totals": report["totals"], "files": files}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cov_measures_what_a_serial_run_measures(
+    pytester: pytest.Pytester, run: Runner, mode: str
+) -> None:
+    pytester.makepyfile(**COVERED)
+    cov = ("--cov=shapes", "--cov-branch", "--cov-report=term-missing")
+    serial = run(*cov, "--cov-report=json:serial.json")
+    serial.assert_outcomes(passed=6)
+    parallel = run(*cov, "--cov-report=json:parallel.json", *MODES[mode])
+    parallel.assert_outcomes(passed=6)
+    measured = coverage_measured(pytester.path / "serial.json")
+    assert measured["totals"]["missing_lines"] == 1, measured  # never_called's body
+    assert coverage_measured(pytester.path / "parallel.json") == measured
+    for result in (serial, parallel):
+        result.stdout.re_match_lines([r"shapes.py +9 +1 +4 +0 +92% +11$"])
+    assert sorted(path.name for path in pytester.path.glob(".coverage*")) == [".coverage"]
