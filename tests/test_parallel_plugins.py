@@ -17,6 +17,9 @@ import html
 import json
 import os
 import re
+import urllib.parse
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -316,13 +319,7 @@ def test_syrupy_without_xdist_runs_serially(pytester: pytest.Pytester, run: Runn
 DJANGO_SETTINGS = """
 SECRET_KEY = "for tests"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": "db.sqlite3",
-        "TEST": {"NAME": "test_db.sqlite3"},
-    }
-}
+DATABASES = {"default": %r}
 USE_TZ = True
 """
 
@@ -341,26 +338,111 @@ def test_user(db, i):
         file.write(connection.settings_dict["NAME"] + "\\n")
 """
 
+POSTGRES_VARIABLE = "PYTEST_MEMO_POSTGRES"  # python3 tasks.py test starts a server for it
+
+# Lists (and with "drop", drops) the databases whose names start with argv[2].
+POSTGRES_DATABASES = """
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as connection:
+    query = "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1"
+    names = [row[0] for row in connection.execute(query, (sys.argv[2],))]
+    for name in names if sys.argv[3:] == ["drop"] else []:
+        connection.execute(f'DROP DATABASE "{name}"')
+    print("\\n".join(names))
+"""
+
+
+class DjangoDatabase:
+    """A database of the Django tests' settings: the test database pytest-django makes of
+    it, and those its workers left behind."""
+
+    def __init__(self, settings: dict[str, object], test_name: str) -> None:
+        self.settings = settings
+        self.test_name = test_name
+
+    def left(self) -> list[str]:
+        raise NotImplementedError
+
+
+class SQLiteDatabase(DjangoDatabase):
+    def __init__(self, pytester: pytest.Pytester) -> None:
+        name = {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}
+        super().__init__({**name, "TEST": {"NAME": "test_db.sqlite3"}}, "test_db.sqlite3")
+        self.directory = pytester.path
+
+    def left(self) -> list[str]:
+        return sorted(path.name for path in self.directory.glob(f"{self.test_name}*"))
+
+
+class PostgresDatabase(DjangoDatabase):
+    def __init__(self, run: Runner, address: str) -> None:
+        server = urllib.parse.urlsplit(address)
+        name = f"memo_{uuid.uuid4().hex[:12]}"  # this test's own, on a server others share
+        settings = {"ENGINE": "django.db.backends.postgresql", "NAME": name}
+        settings.update(USER=server.username, HOST=server.hostname, PORT=server.port)
+        super().__init__(settings, f"test_{name}")
+        self.run = run
+        self.address = address
+
+    def left(self) -> list[str]:
+        return self._databases()
+
+    def drop(self) -> None:
+        self._databases("drop")
+
+    def _databases(self, *drop: str) -> list[str]:
+        script = (self.run.python, "-c", POSTGRES_DATABASES, self.address, self.test_name)
+        listed = self.run.pytester.run(*script, *drop, timeout=60)
+        assert listed.ret == 0, listed.stderr.str()
+        return [line for line in listed.stdout.lines if line]
+
+
+@pytest.fixture
+def django_database(request: pytest.FixtureRequest, run: Runner) -> Iterator[DjangoDatabase]:
+    if request.param == "sqlite":
+        yield SQLiteDatabase(run.pytester)
+        return
+    address = os.environ.get(POSTGRES_VARIABLE)
+    if not address:
+        pytest.skip(
+            f"{POSTGRES_VARIABLE} names no PostgreSQL server (postgresql://user@host:port/db); "
+            "python3 tasks.py test starts one where PostgreSQL is installed or it runs as root"
+        )
+    database = PostgresDatabase(run, address)
+    yield database
+    database.drop()
+
 
 @pytest.mark.parametrize("reuse", [(), ("--reuse-db",)], ids=["new db", "reuse db"])
-@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize(
+    ("django_database", "start"),
+    # (PostgreSQL's worker databases are named by the same code in spawned workers.)
+    [("sqlite", "fork"), ("sqlite", "spawn"), ("postgresql", "fork")],
+    indirect=["django_database"],
+)
 def test_django_gives_each_worker_its_own_test_database(
-    pytester: pytest.Pytester, run: Runner, start: str, reuse: tuple[str, ...]
+    pytester: pytest.Pytester,
+    run: Runner,
+    django_database: DjangoDatabase,
+    start: str,
+    reuse: tuple[str, ...],
 ) -> None:
-    pytester.makepyfile(settings=DJANGO_SETTINGS)
+    pytester.makepyfile(settings=DJANGO_SETTINGS % (django_database.settings,))
     pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = settings\npythonpath = .\n")
     for module in range(2):
         pytester.makepyfile(**{f"test_users{module}": DJANGO_TEST})
+    name = django_database.test_name
     serial = run(*reuse)
     serial.assert_outcomes(passed=6)
+    assert set((pytester.path / "databases.txt").read_text().split()) == {name}
     (pytester.path / "databases.txt").unlink()
     for _ in range(2 if reuse else 1):  # --reuse-db: the second run finds the databases
         parallel = run(*reuse, *STARTS[start])
         parallel.assert_outcomes(passed=6)
     used = set((pytester.path / "databases.txt").read_text().split())
-    assert used == {"test_db.sqlite3_gw0", "test_db.sqlite3_gw1"}
-    left = sorted(path.name for path in pytester.path.glob("test_db.sqlite3_gw*"))
-    assert left == (["test_db.sqlite3_gw0", "test_db.sqlite3_gw1"] if reuse else [])
+    workers = [f"{name}_gw0", f"{name}_gw1"]
+    assert used == set(workers)
+    assert django_database.left() == ([name, *workers] if reuse else [])
 
 
 BENCHMARK = """
