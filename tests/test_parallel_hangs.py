@@ -349,14 +349,6 @@ def test_a_crashed_test_can_be_rerun_by_a_plugin(pytester: pytest.Pytester) -> N
     assert result.parseoutcomes() == {"passed": 2, "rerun": 1}
 
 
-def test_pytest_rerunfailures_reruns_a_crashed_test(pytester: pytest.Pytester) -> None:
-    pytest.importorskip("pytest_rerunfailures")
-    pytest.importorskip("xdist")
-    pytester.makepyfile(test_crash=CRASHES_ONCE)
-    result = pytester.runpytest_subprocess(*FLAGS, "--par=2", "--reruns=1", timeout=60)
-    assert result.parseoutcomes() == {"passed": 2, "rerun": 1}
-
-
 @pytest.mark.parametrize(
     ("args", "warnings"),
     [

@@ -12,9 +12,14 @@ tasks.py test`` builds ``.venv-plugins`` and names its python in
 
 from __future__ import annotations
 
+import gzip
+import html
 import json
 import os
 import re
+import urllib.parse
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -22,6 +27,7 @@ import pytest
 
 FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
 STARTS = {"fork": ("--par=2",), "spawn": ("--par=2", "--par-start=spawn")}
+MODES = {**STARTS, "thread": ("--par=2", "--par-mode=thread")}
 
 
 @pytest.fixture(autouse=True)
@@ -192,9 +198,7 @@ def test_plain(i):
 """
 
 
-@pytest.mark.parametrize(
-    "options", [*STARTS.values(), ("--par=2", "--par-mode=thread")], ids=[*STARTS, "thread"]
-)
+@pytest.mark.parametrize("options", list(MODES.values()), ids=list(MODES))
 def test_subtest_failures_fail_their_test(
     pytester: pytest.Pytester, options: tuple[str, ...]
 ) -> None:
@@ -234,15 +238,17 @@ def plugins_python() -> str:
     return python
 
 
+# pytest-asyncio warns (in every run's counts) while its loop scope is left unset.
+PLUGIN_FLAGS = ("-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function")
+
+
 class Runner:
     def __init__(self, pytester: pytest.Pytester, python: str) -> None:
         self.pytester = pytester
         self.python = python
 
     def __call__(self, *options: str) -> pytest.RunResult:
-        return self.pytester.run(
-            self.python, "-m", "pytest", "-p", "no:cacheprovider", *options, timeout=300
-        )
+        return self.pytester.run(self.python, "-m", "pytest", *PLUGIN_FLAGS, *options, timeout=300)
 
 
 @pytest.fixture
@@ -313,13 +319,7 @@ def test_syrupy_without_xdist_runs_serially(pytester: pytest.Pytester, run: Runn
 DJANGO_SETTINGS = """
 SECRET_KEY = "for tests"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": "db.sqlite3",
-        "TEST": {"NAME": "test_db.sqlite3"},
-    }
-}
+DATABASES = {"default": %r}
 USE_TZ = True
 """
 
@@ -338,26 +338,111 @@ def test_user(db, i):
         file.write(connection.settings_dict["NAME"] + "\\n")
 """
 
+POSTGRES_VARIABLE = "PYTEST_MEMO_POSTGRES"  # python3 tasks.py test starts a server for it
+
+# Lists (and with "drop", drops) the databases whose names start with argv[2].
+POSTGRES_DATABASES = """
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as connection:
+    query = "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1"
+    names = [row[0] for row in connection.execute(query, (sys.argv[2],))]
+    for name in names if sys.argv[3:] == ["drop"] else []:
+        connection.execute(f'DROP DATABASE "{name}"')
+    print("\\n".join(names))
+"""
+
+
+class DjangoDatabase:
+    """A database of the Django tests' settings: the test database pytest-django makes of
+    it, and those its workers left behind."""
+
+    def __init__(self, settings: dict[str, object], test_name: str) -> None:
+        self.settings = settings
+        self.test_name = test_name
+
+    def left(self) -> list[str]:
+        raise NotImplementedError
+
+
+class SQLiteDatabase(DjangoDatabase):
+    def __init__(self, pytester: pytest.Pytester) -> None:
+        name = {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}
+        super().__init__({**name, "TEST": {"NAME": "test_db.sqlite3"}}, "test_db.sqlite3")
+        self.directory = pytester.path
+
+    def left(self) -> list[str]:
+        return sorted(path.name for path in self.directory.glob(f"{self.test_name}*"))
+
+
+class PostgresDatabase(DjangoDatabase):
+    def __init__(self, run: Runner, address: str) -> None:
+        server = urllib.parse.urlsplit(address)
+        name = f"memo_{uuid.uuid4().hex[:12]}"  # this test's own, on a server others share
+        settings = {"ENGINE": "django.db.backends.postgresql", "NAME": name}
+        settings.update(USER=server.username, HOST=server.hostname, PORT=server.port)
+        super().__init__(settings, f"test_{name}")
+        self.run = run
+        self.address = address
+
+    def left(self) -> list[str]:
+        return self._databases()
+
+    def drop(self) -> None:
+        self._databases("drop")
+
+    def _databases(self, *drop: str) -> list[str]:
+        script = (self.run.python, "-c", POSTGRES_DATABASES, self.address, self.test_name)
+        listed = self.run.pytester.run(*script, *drop, timeout=60)
+        assert listed.ret == 0, listed.stderr.str()
+        return [line for line in listed.stdout.lines if line]
+
+
+@pytest.fixture
+def django_database(request: pytest.FixtureRequest, run: Runner) -> Iterator[DjangoDatabase]:
+    if request.param == "sqlite":
+        yield SQLiteDatabase(run.pytester)
+        return
+    address = os.environ.get(POSTGRES_VARIABLE)
+    if not address:
+        pytest.skip(
+            f"{POSTGRES_VARIABLE} names no PostgreSQL server (postgresql://user@host:port/db); "
+            "python3 tasks.py test starts one where PostgreSQL is installed or it runs as root"
+        )
+    database = PostgresDatabase(run, address)
+    yield database
+    database.drop()
+
 
 @pytest.mark.parametrize("reuse", [(), ("--reuse-db",)], ids=["new db", "reuse db"])
-@pytest.mark.parametrize("start", STARTS)
+@pytest.mark.parametrize(
+    ("django_database", "start"),
+    # (PostgreSQL's worker databases are named by the same code in spawned workers.)
+    [("sqlite", "fork"), ("sqlite", "spawn"), ("postgresql", "fork")],
+    indirect=["django_database"],
+)
 def test_django_gives_each_worker_its_own_test_database(
-    pytester: pytest.Pytester, run: Runner, start: str, reuse: tuple[str, ...]
+    pytester: pytest.Pytester,
+    run: Runner,
+    django_database: DjangoDatabase,
+    start: str,
+    reuse: tuple[str, ...],
 ) -> None:
-    pytester.makepyfile(settings=DJANGO_SETTINGS)
+    pytester.makepyfile(settings=DJANGO_SETTINGS % (django_database.settings,))
     pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = settings\npythonpath = .\n")
     for module in range(2):
         pytester.makepyfile(**{f"test_users{module}": DJANGO_TEST})
+    name = django_database.test_name
     serial = run(*reuse)
     serial.assert_outcomes(passed=6)
+    assert set((pytester.path / "databases.txt").read_text().split()) == {name}
     (pytester.path / "databases.txt").unlink()
     for _ in range(2 if reuse else 1):  # --reuse-db: the second run finds the databases
         parallel = run(*reuse, *STARTS[start])
         parallel.assert_outcomes(passed=6)
     used = set((pytester.path / "databases.txt").read_text().split())
-    assert used == {"test_db.sqlite3_gw0", "test_db.sqlite3_gw1"}
-    left = sorted(path.name for path in pytester.path.glob("test_db.sqlite3_gw*"))
-    assert left == (["test_db.sqlite3_gw0", "test_db.sqlite3_gw1"] if reuse else [])
+    workers = [f"{name}_gw0", f"{name}_gw1"]
+    assert used == set(workers)
+    assert django_database.left() == ([name, *workers] if reuse else [])
 
 
 BENCHMARK = """
@@ -370,9 +455,7 @@ def test_plain():
 DISABLED = "*Benchmarks are automatically disabled because xdist plugin is active*"
 
 
-@pytest.mark.parametrize(
-    "options", [*STARTS.values(), ("--par=2", "--par-mode=thread")], ids=[*STARTS, "thread"]
-)
+@pytest.mark.parametrize("options", list(MODES.values()), ids=list(MODES))
 def test_benchmark_disables_itself_and_says_so(
     pytester: pytest.Pytester, run: Runner, options: tuple[str, ...]
 ) -> None:
@@ -430,3 +513,255 @@ def test_xdist_style_conftest_with_the_plugins(pytester: pytest.Pytester, run: R
     run("--par=2").assert_outcomes(passed=6)
     down = (pytester.path / "nodes-down.jsonl").read_text().split("\n")
     assert len([line for line in down if line]) == 2
+
+
+# A test that fails, or crashes its worker, the first time(s) it runs: each attempt leaves a
+# file, so the rerun (in whichever worker) knows it is one.
+FIRST_ATTEMPTS = """
+import os
+
+def first_attempts(name, count=1):
+    attempts = len([path for path in os.listdir() if path.startswith(f"attempt-{name}-")])
+    open(f"attempt-{name}-{attempts}", "w").close()
+    return attempts < count
+"""
+
+FLAKY = f"""
+import pytest
+{FIRST_ATTEMPTS}
+
+def test_flaky():
+    assert not first_attempts("flaky")
+
+@pytest.mark.flaky(reruns=3)
+def test_flaky_twice():
+    assert not first_attempts("twice", count=2)
+
+@pytest.mark.parametrize("i", range(4))
+def test_plain(i):
+    pass
+"""
+
+CRASHES = f"""
+import os, signal
+{FIRST_ATTEMPTS}
+
+def test_exits_once():
+    if first_attempts("exits"):
+        os._exit(3)
+
+def test_kills_itself_once():
+    if first_attempts("killed"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def test_always_crashes():
+    os._exit(4)
+"""
+
+
+def rerun_summary(result: pytest.RunResult) -> list[str]:
+    """pytest-rerunfailures' summary (``-rR``): each attempt of each rerun test, in order."""
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "rerun test summary info" in line)
+    words = ("RERUN", "PASSED", "FAILED")
+    return [line for line in lines[start + 1 :] if line.split(" ")[0] in words]
+
+
+def forget_attempts(pytester: pytest.Pytester) -> None:
+    for path in pytester.path.glob("attempt-*"):
+        path.unlink()
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_rerunfailures_reruns_flaky_tests_as_a_serial_run(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    pytester.makepyfile(test_flaky=FLAKY)
+    serial = run("--reruns=1", "-rR")
+    assert serial.parseoutcomes() == {"passed": 6, "rerun": 3}
+    forget_attempts(pytester)
+    parallel = run("--reruns=1", "-rR", *STARTS[start])
+    assert parallel.parseoutcomes() == serial.parseoutcomes()
+    assert rerun_summary(parallel) == rerun_summary(serial)
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_rerunfailures_reruns_tests_that_crash_their_worker(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    """As under xdist: the main process counts each test's crashes (pytest_handlecrashitem)
+    and the reruns that workers report to it.  Spawned workers did not report to it:
+    before, their crashed tests were not rerun."""
+    pytester.makepyfile(test_crashes=CRASHES)
+    # (syrupy warns, in the counts, that a crashed worker sent it no snapshot report)
+    result = run("--reruns=1", "-rR", "-p", "no:syrupy", *STARTS[start])
+    assert result.parseoutcomes() == {"passed": 2, "failed": 1, "rerun": 3}
+    for test, words in [
+        ("test_exits_once", ["RERUN", "PASSED"]),
+        ("test_kills_itself_once", ["RERUN", "PASSED"]),
+        ("test_always_crashes", ["RERUN", "FAILED"]),
+    ]:
+        attempts = [line.split(" ")[0] for line in rerun_summary(result) if test in line]
+        assert attempts == words, test
+    result.stdout.fnmatch_lines(["*test_always_crashes crashed: *exited with code 4*"])
+    # Without --reruns, a crash fails its test.
+    forget_attempts(pytester)
+    once = run(*STARTS[start], "-p", "no:syrupy", "-k", "exits_once")
+    assert once.parseoutcomes() == {"failed": 1, "deselected": 2}
+
+
+# -- report files: pytest-reportlog, pytest-html ---------------------------------------------
+
+REPORTED = """
+import sys, warnings, pytest, pytest_html
+
+@pytest.mark.parametrize("i", range(3))
+def test_pass(i, record_property):
+    record_property("i", i)
+    print("printed", i)
+
+def test_fail():
+    print("before failing")
+    sys.stderr.write("to stderr\\n")
+    assert 1 == 2
+
+@pytest.mark.skip(reason="not today")
+def test_skip():
+    pass
+
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+
+def test_warns():
+    warnings.warn(UserWarning("careful"))
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("setup broke")
+
+def test_error(broken):
+    pass
+
+def test_extras(extras):
+    extras.append(pytest_html.extras.url("https://example.invalid/", name="link"))
+"""
+
+# What differs from run to run, or from worker to worker (xdist's fields, which --par's
+# reports do not carry, are ignored too).
+TIMING_AND_WORKER_FIELDS = {"duration", "start", "stop", "worker_id", "item_index", "node"}
+
+
+def reportlog_records(path: Path) -> list[dict[str, object]]:
+    """pytest-reportlog's records, without timings, in an order of their own (a parallel
+    run reports tests in the order they finish)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    kept = [{k: v for k, v in r.items() if k not in TIMING_AND_WORKER_FIELDS} for r in records]
+    return sorted(kept, key=lambda record: json.dumps(record, sort_keys=True))
+
+
+def html_results(path: Path) -> dict[str, object]:
+    """pytest-html's report: each test's results (outcome, log, extras), the counts, and
+    the environment (pytest-metadata's) it shows."""
+    text = path.read_text()
+    data = json.loads(html.unescape(re.search('data-jsonblob="([^"]*)"', text).group(1)))
+    tests = {
+        test: sorted((row["result"], row["log"], json.dumps(row["extras"])) for row in rows)
+        for test, rows in data["tests"].items()
+    }
+    counts = re.findall(r"(\d+) (Failed|Passed|Skipped|Expected failures|Errors|Reruns)", text)
+    return {"tests": tests, "counts": sorted(counts), "environment": data["environment"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reportlog_and_html_files_hold_what_a_serial_run_writes(
+    pytester: pytest.Pytester, run: Runner, mode: str
+) -> None:
+    """Before, workers wrote to these files too: a forked worker's end of session added a
+    record to the log (a compressed log was left unreadable), a spawned worker emptied the
+    log as it started, and pytest-html's metadata failed the run (an INTERNALERROR)."""
+    pytester.makepyfile(test_reported=REPORTED)
+    files = {}
+    for name, options in {"serial": (), "parallel": MODES[mode]}.items():
+        for log in ("log.jsonl", "log.jsonl.gz"):
+            (pytester.path / log).unlink(missing_ok=True)
+        result = run(*options, "--report-log=log.jsonl", f"--html={name}.html")
+        assert result.parseoutcomes() == {
+            "passed": 5,
+            "failed": 1,
+            "skipped": 1,
+            "xfailed": 1,
+            "warnings": 1,
+            "errors": 1,
+        }, name
+        gzipped = run(*options, "--report-log=log.jsonl.gz", "-k", "pass or warns")
+        gzipped.assert_outcomes(passed=4, deselected=5, warnings=1)
+        with gzip.open(pytester.path / "log.jsonl.gz", "rt") as compressed:
+            (pytester.path / "unzipped.jsonl").write_text(compressed.read())
+        files[name] = (
+            reportlog_records(pytester.path / "log.jsonl"),
+            reportlog_records(pytester.path / "unzipped.jsonl"),
+            html_results(pytester.path / f"{name}.html"),
+        )
+    assert files["parallel"] == files["serial"]
+
+
+# -- pytest-cov ------------------------------------------------------------------------------
+
+# Each test takes some branches of one function: the totals match only if what every worker
+# ran is counted, once.
+COVERED = {
+    "shapes": """
+    SIDES = {"square": 4, "triangle": 3}  # run at import, during collection
+
+    def perimeter(shape, side):
+        if side <= 0:
+            return 0
+        if shape not in SIDES:
+            raise ValueError(shape)
+        return SIDES[shape] * side
+
+    def never_called():
+        return "missed"
+    """,
+    "test_shapes": """
+    import pytest, shapes
+
+    @pytest.mark.parametrize("side", range(-1, 3))
+    def test_square(side):
+        assert shapes.perimeter("square", side) == max(4 * side, 0)
+
+    @pytest.mark.parametrize("shape", ["circle", "line"])
+    def test_unknown(shape):
+        with pytest.raises(ValueError):
+            shapes.perimeter(shape, 1)
+    """,
+}
+
+
+def coverage_measured(path: Path) -> dict[str, object]:
+    """coverage.py's JSON report: the totals, and each file's lines and branches."""
+    report = json.loads(path.read_text())
+    kinds = ("executed_lines", "missing_lines", "executed_branches", "missing_branches")
+    files = {
+        name: {kind: measured[kind] for kind in kinds} for name, measured in report["files"].items()
+    }
+    return {"totals": report["totals"], "files": files}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cov_measures_what_a_serial_run_measures(
+    pytester: pytest.Pytester, run: Runner, mode: str
+) -> None:
+    pytester.makepyfile(**COVERED)
+    cov = ("--cov=shapes", "--cov-branch", "--cov-report=term-missing")
+    serial = run(*cov, "--cov-report=json:serial.json")
+    serial.assert_outcomes(passed=6)
+    parallel = run(*cov, "--cov-report=json:parallel.json", *MODES[mode])
+    parallel.assert_outcomes(passed=6)
+    measured = coverage_measured(pytester.path / "serial.json")
+    assert measured["totals"]["missing_lines"] == 1, measured  # never_called's body
+    assert coverage_measured(pytester.path / "parallel.json") == measured
+    for result in (serial, parallel):
+        result.stdout.re_match_lines([r"shapes.py +9 +1 +4 +0 +92% +11$"])
+    assert sorted(path.name for path in pytester.path.glob(".coverage*")) == [".coverage"]

@@ -1,6 +1,7 @@
 """Thread mode with real plugins: what it cannot make safe runs alone, is warned of, or refused.
 
-The plugins (pytest-mock, pytest-django with Django, pytest-timeout, pytest-asyncio) are
+The plugins (pytest-mock, pytest-django with Django, pytest-timeout, pytest-asyncio,
+pytest-rerunfailures) are
 not installed in the project's environment: they would load into every inner pytest run
 of the other tests.  They live in a separate environment whose interpreter
 ``PYTEST_MEMO_PLUGINS_PYTHON`` names (tasks.py makes it); without it these tests skip.
@@ -16,7 +17,7 @@ PYTHON = os.environ.get("PYTEST_MEMO_PLUGINS_PYTHON", "")
 pytestmark = pytest.mark.skipif(
     not PYTHON,
     reason="PYTEST_MEMO_PLUGINS_PYTHON names no interpreter with pytest-mock, pytest-django, "
-    "pytest-timeout and pytest-asyncio installed",
+    "pytest-timeout, pytest-asyncio and pytest-rerunfailures installed",
 )
 
 FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
@@ -109,6 +110,25 @@ def test_pytest_timeout_limits_are_said_to_be_off(pytester: pytest.Pytester) -> 
     # Without a limit to apply, nothing to say.
     pytester.makepyfile(test_unlimited="def test_unlimited():\n    pass\n")
     run(pytester, *WITHOUT_DJANGO, "test_unlimited.py").assert_outcomes(passed=1, warnings=0)
+
+
+def test_pytest_rerunfailures_is_said_not_to_apply_only_where_it_would_rerun(
+    pytester: pytest.Pytester,
+) -> None:
+    # Before, installing it was enough for the warning, --reruns or not.
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    unused = run(pytester, *WITHOUT_DJANGO)
+    unused.assert_outcomes(passed=1, warnings=0)
+    for reruns in (("--reruns=1",), ()):
+        if not reruns:
+            pytester.makepyfile(
+                "import pytest\n\n@pytest.mark.flaky(reruns=2)\ndef test_plain():\n    pass\n"
+            )
+        result = run(pytester, *WITHOUT_DJANGO, *reruns)
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(
+            ["*runs pytest's own test protocol, so the one of rerunfailures does not apply*"]
+        )
 
 
 DJANGO_SETTINGS = """

@@ -114,8 +114,20 @@ class Nodes:
 def become_worker(config: pytest.Config, workerinput: dict[str, Any]) -> None:
     """In a worker process: what pytest-xdist's workers have."""
     config.workerinput = workerinput  # type: ignore[attr-defined]
-    config.workeroutput = {}  # type: ignore[attr-defined]
+    config.workeroutput = _filled_at_configure(config)  # type: ignore[attr-defined]
     os.environ.update(_variables(workerinput))
+
+
+def _filled_at_configure(config: pytest.Config) -> dict[str, Any]:
+    """The ``workeroutput`` an xdist worker has after ``pytest_configure``, which ran here
+    before this process was a worker: pytest-metadata (pytest-html's) puts its metadata
+    there, and its ``pytest_testnodedown`` fails the run without it."""
+    workeroutput: dict[str, Any] = {}
+    metadata = config.pluginmanager.get_plugin("metadata")
+    key = getattr(metadata, "metadata_key", None)
+    if isinstance(key, pytest.StashKey) and key in config.stash:
+        workeroutput["metadata"] = config.stash[key]
+    return workeroutput
 
 
 def spawned_worker_environment(workerinput: dict[str, Any]) -> dict[str, str]:

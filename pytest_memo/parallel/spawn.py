@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_memo.parallel.protocol import Hello
+from pytest_memo.parallel.report_files import spawned_worker_options
 
 if TYPE_CHECKING:  # imported where used: every pytest run imports this module
     from multiprocessing.connection import Connection
@@ -71,6 +72,7 @@ class SpawnedWorkers:
             self._environment[COVERAGE_VARIABLE] = str(coverage.directory)
         # The same run, serially: it only collects and then serves.
         self._command = [sys.executable, "-m", "pytest", *config.invocation_params.args, "--par=0"]
+        self._command += spawned_worker_options(config)
         self._basetemp = config.stash.get(SHARED_BASETEMP, None)
         self._spawned = 0
         self._directory = config.invocation_params.dir

@@ -40,6 +40,7 @@ from pytest_memo.parallel.protocol import (
     SuiteProperty,
 )
 from pytest_memo.parallel.replay import warning_event
+from pytest_memo.parallel.report_files import main_only_writers
 from pytest_memo.pytest_compat import (
     FDCapture,
     TerminalWriter,
@@ -181,9 +182,7 @@ def run_worker(
             plugin = config.pluginmanager.get_plugin(name)
             if plugin is not None:
                 config.pluginmanager.unregister(plugin)
-        xml = config.stash.get(xml_key, None)  # junitxml's writer
-        if xml is not None and config.pluginmanager.is_registered(xml):
-            config.pluginmanager.unregister(xml)
+        _leave_report_files_to_the_main_process(config)
         # The terminal reporter stays, silent: plugins attach what they show in the main
         # process's summary to reports only where they find one (Hypothesis' statistics),
         # as in pytest-xdist's workers.
@@ -197,7 +196,6 @@ def run_worker(
         config.get_terminal_writer = lambda: writer  # type: ignore[method-assign]
         _own_capture_files(config, output)
         _dump_tracebacks_on_timeout(output)
-        _count_reruns_in_the_main_process(config)
         recorder = install_recorder(config)  # a spawned worker registers it here
         recorder.recording = True
         _leave_reporting_to_the_main_process(config, recorder)
@@ -205,6 +203,7 @@ def run_worker(
         match commands.recv():
             case Configure(workerinput):
                 become_worker(config, workerinput)
+                _count_reruns_in_the_main_process(config, workerinput)
         if coverage is not None:
             coverage.record_this_worker()
         status = _loop(session, commands, results, recorder, parent)
@@ -254,6 +253,15 @@ def _disable(implementation: Any) -> None:
         implementation.function = _old_style_pass_through
     else:
         implementation.function = _ignore
+
+
+def _leave_report_files_to_the_main_process(config: pytest.Config) -> None:
+    for writer in main_only_writers(config):
+        config.pluginmanager.unregister(writer)
+    # pytest-reportlog closes its file in pytest_unconfigure: a forked worker's copy of it
+    # shares the main process's file offset, and a compressed one (.gz) would write its
+    # trailer into the middle of the log.
+    _skip_hook(config, "pytest_unconfigure", config.pluginmanager.get_plugin("pytest_reportlog"))
 
 
 def _record_suite_properties(config: pytest.Config, recorder: _EventRecorder) -> None:
@@ -367,18 +375,24 @@ def _dump_tracebacks_on_timeout(output: CaptureFiles | None) -> None:
     faulthandler.register(DUMP_SIGNAL, file=stream, all_threads=True, chain=True)
 
 
-def _count_reruns_in_the_main_process(config: pytest.Config) -> None:
+def _count_reruns_in_the_main_process(config: pytest.Config, workerinput: dict[str, Any]) -> None:
     """pytest-rerunfailures decides in the main process whether to rerun a test whose
-    worker crashed, from what workers tell its server there (as xdist workers do): a
-    forked worker inherited the server itself, so connect to it instead."""
+    worker crashed, from the failures that workers tell its server there: an xdist worker
+    connects to it in ``pytest_configure``, at the address its ``pytest_configure_node``
+    put in ``workerinput``.  This process was configured before it was a worker (forked
+    from the main process, or spawned), so it holds a server (the main process's, or one
+    of its own that nobody asks): connect to the main process's instead."""
     server: Any = getattr(config, "failures_db", None)
-    if type(server).__name__ != "ServerStatusDB":
+    if type(server).__name__ != "ServerStatusDB" or "sock_port" not in workerinput:
         return
+    address = [workerinput["sock_port"]]
+    if "statusdb_token" in workerinput:  # (its recent versions authenticate workers)
+        address.append(workerinput["statusdb_token"])
     try:
         import importlib
 
         client = importlib.import_module("pytest_rerunfailures").ClientStatusDB
-        setattr(config, "failures_db", client(server.sock_port, server.token))  # noqa: B010
+        setattr(config, "failures_db", client(*address))  # noqa: B010
     except Exception:  # another version: crashed tests are not rerun, as before
         return
 

@@ -39,7 +39,7 @@ _DJANGO_DATABASE_FIXTURES = frozenset(
 def check_plugins(session: pytest.Session) -> None:
     """Before a thread-mode run: warn of what other plugins would do that does not happen,
     and refuse (a usage error) tests that cannot run in threads."""
-    warn_of_replaced_protocols(session.config)
+    warn_of_replaced_protocols(session)
     _warn_of_protocol_wrappers(session)
     _refuse_django_database_tests(session)
 

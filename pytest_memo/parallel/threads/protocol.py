@@ -35,14 +35,16 @@ def run_item(
     return reports
 
 
-def warn_of_replaced_protocols(config: pytest.Config) -> None:
+def warn_of_replaced_protocols(session: pytest.Session) -> None:
     """Thread mode runs pytest's own test protocol (setup, call, teardown): plugins that
     replace it (pytest-rerunfailures, flaky) would silently not apply."""
     replacing = sorted(
         {
             impl.plugin_name
-            for impl in config.hook.pytest_runtest_protocol.get_hookimpls()
-            if not (impl.wrapper or impl.hookwrapper) and impl.plugin_name != "runner"
+            for impl in session.config.hook.pytest_runtest_protocol.get_hookimpls()
+            if not (impl.wrapper or impl.hookwrapper)
+            and impl.plugin_name != "runner"
+            and _would_replace(impl.plugin, session.items)
         }
     )
     if replacing:
@@ -53,3 +55,13 @@ def warn_of_replaced_protocols(config: pytest.Config) -> None:
             ),
             stacklevel=2,
         )
+
+
+def _would_replace(plugin: object, items: list[pytest.Item]) -> bool:
+    """Whether a plugin's protocol would run for any of ``items``.  pytest-rerunfailures'
+    hands every test back to pytest's protocol unless it has reruns to do (``--reruns``, a
+    ``flaky`` mark): installed but unused, it loses nothing in thread mode."""
+    reruns_of = getattr(plugin, "get_reruns_count", None)
+    if getattr(plugin, "__name__", "") != "pytest_rerunfailures" or not callable(reruns_of):
+        return True
+    return any(reruns_of(item) for item in items)
