@@ -177,3 +177,21 @@ def test_a_cached_function_sets_the_store_up_on_first_call(suite: MemoSuite) -> 
     suite.run_subprocess().stdout.fnmatch_lines(["memo: 1 hit*, 0 misses*"])
     assert suite.calls() == ["square"]
     assert (suite.path / ".pytest_memo/.gitignore").exists()
+
+
+GETFIXTUREVALUE = """
+def test_one(request):
+    assert request.getfixturevalue("data") == [1, 2, 3]
+"""
+
+
+def test_a_bad_setting_stops_the_run_before_the_store_is_first_needed(suite: MemoSuite) -> None:
+    # The store is set up lazily here (no store yet, the fixture is reached only through
+    # getfixturevalue): the bad setting must still be a usage error before any test runs.
+    suite.pytester.makeini("[pytest]\nmemo_progress_after = soon\n")
+    suite.write("conftest.py", FIXTURE)
+    suite.write("test_it.py", GETFIXTUREVALUE)
+    result = suite.run_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*memo_progress_after: 'soon' is not a number of seconds*"])
+    assert suite.calls() == []

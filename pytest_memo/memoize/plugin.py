@@ -260,6 +260,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "dependencies and files are unchanged (pytest-memo)",
     )
     _max_size(config)  # a bad size is a usage error before anything runs
+    _check_settings(config)
     config.stash[RUN] = _run_identity(config)
     config.stash[BY_NAME] = frozenset(config.getini("memo_fixtures"))
     current.run_started(config, lambda: _memo(config))  # for pytest_memo.cache
@@ -290,6 +291,26 @@ def _uses_the_store_from_the_start(config: pytest.Config) -> bool:
     if is_url(location) or config.getini("memo_read_only") or config.getini("memo_max_size"):
         return True
     return bool(config.stash[BY_NAME]) or local_directory(config.rootpath, location).exists()
+
+
+def _check_settings(config: pytest.Config) -> None:
+    """What would be a usage error when the store is set up, checked before anything runs
+    (the store may be set up only in the middle of the run, inside a fixture's setup)."""
+    _progress_after(config)
+    if any(name.startswith("PYTEST_MEMO_") for name in os.environ):
+        from pytest_memo.store import signing
+
+        signing.from_environment()  # conflicting or malformed keys
+
+
+def _progress_after(config: pytest.Config) -> float:
+    text = config.getini("memo_progress_after")
+    try:
+        return float(text)
+    except ValueError:
+        raise pytest.UsageError(
+            f"memo_progress_after: {text!r} is not a number of seconds"
+        ) from None
 
 
 def _memo(config: pytest.Config) -> FixtureMemo:
@@ -336,13 +357,7 @@ def _start_progress(config: pytest.Config) -> None:
     from pytest_memo.memoize.engine import Memoized
     from pytest_memo.memoize.progress import Progress
 
-    text = config.getini("memo_progress_after")
-    try:
-        after = float(text)
-    except ValueError:
-        raise pytest.UsageError(
-            f"memo_progress_after: {text!r} is not a number of seconds"
-        ) from None
+    after = _progress_after(config)
     engine = config.stash[MEMO].engine
     if config.get_verbosity() < 0 or not isinstance(engine, Memoized):
         return
