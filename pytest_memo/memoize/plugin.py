@@ -14,6 +14,7 @@ import contextlib
 import fnmatch
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Generator
 from pathlib import Path
@@ -313,11 +314,15 @@ def _progress_after(config: pytest.Config) -> float:
         ) from None
 
 
+_SETTING_UP = threading.Lock()  # cached functions may first be called from several threads
+
+
 def _memo(config: pytest.Config) -> FixtureMemo:
     """The run's memo state, set up on the first call."""
     memo = config.stash.get(MEMO, None)
     if memo is None:
-        memo = _set_up(config)
+        with _SETTING_UP:
+            memo = config.stash.get(MEMO, None) or _set_up(config)
     return memo
 
 
