@@ -30,7 +30,7 @@ from pytest_memo.core.inspection import (
 from pytest_memo.memoize import explain, reads
 from pytest_memo.memoize.engine import Lookup, Memoized, NotMemoized, code_location, warn
 from pytest_memo.memoize.keys import PYTHON, CodeFingerprints, combine, files_digest
-from pytest_memo.memoize.marker import MemoOptions, options_of
+from pytest_memo.memoize.marker import MemoOptions, fixture_options
 from pytest_memo.memoize.stats import RunStats
 from pytest_memo.pytest_compat import PYTEST_PER_RUN_FIXTURES, active_fixturedef
 from pytest_memo.store.local import Store
@@ -74,10 +74,7 @@ class FixtureMemo:
     def options_for(self, fixturedef: Any) -> MemoOptions | None:
         if self.settings.store is None:
             return None
-        options = options_of(fixturedef.func)
-        if options is None and fixturedef.argname in self.settings.by_name:
-            return MemoOptions()
-        return options
+        return fixture_options(fixturedef, self.settings.by_name)
 
     # -- setup ----------------------------------------------------------------
 

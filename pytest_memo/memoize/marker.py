@@ -15,7 +15,7 @@ from typing import Any
 
 from pytest_memo.pytest_compat import MARK_GEN, Mark, MarkDecorator, is_fixture_definition
 
-__all__ = ["MemoOptions", "memo", "options_of"]
+__all__ = ["MemoOptions", "fixture_options", "memo", "options_of"]
 
 OPTIONS_ATTRIBUTE = "__pytest_memo__"
 
@@ -94,6 +94,15 @@ def options_of(function: Any) -> MemoOptions | None:
         if isinstance(options, MemoOptions):
             return options
     return None
+
+
+def fixture_options(fixturedef: Any, by_name: frozenset[str]) -> MemoOptions | None:
+    """The memo options of a fixture definition: its mark's, or the defaults if it is named
+    in ``by_name`` (the memo_fixtures ini option); None if it is not memoized."""
+    options = options_of(fixturedef.func)
+    if options is None and fixturedef.argname in by_name:
+        return MemoOptions()
+    return options
 
 
 class MemoMarkDecorator(MarkDecorator):

@@ -352,9 +352,8 @@ def _set_up(config: pytest.Config) -> FixtureMemo:
 
 def _memoized(config: pytest.Config, fixturedef: Any) -> bool:
     """Whether ``fixturedef`` is to be memoized: marked, or named in memo_fixtures."""
-    if marker.options_of(fixturedef.func) is not None:
-        return True
-    return fixturedef.argname in config.stash.get(BY_NAME, frozenset())
+    by_name = config.stash.get(BY_NAME, frozenset())
+    return marker.fixture_options(fixturedef, by_name) is not None
 
 
 def _start_progress(config: pytest.Config) -> None:
