@@ -86,7 +86,7 @@ def ensure_plugins() -> Path:
     plugins += "django==5.2.19 pytest-benchmark==5.3.1 hypothesis==6.170.15 pytest-mock==3.17.0 "
     plugins += "pytest-asyncio==1.5.0 pytest-timeout==2.4.0 "  # test_threads_plugins
     plugins += "pytest-rerunfailures==16.7 pytest-cov==7.1.0 coverage==7.17.3 pytest-html==4.2.0 "
-    plugins += "pytest-reportlog==1.0.0 "
+    plugins += "pytest-reportlog==1.0.0 pytest-randomly==5.1.0 "
     plugins += "psycopg[binary]==3.3.9"  # pytest-django's tests on PostgreSQL
     stamp = python.parent.parent / "pytest-memo-installed"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + plugins.encode()).hexdigest()

@@ -240,6 +240,7 @@ def plugins_python() -> str:
 
 # pytest-asyncio warns (in every run's counts) while its loop scope is left unset.
 PLUGIN_FLAGS = ("-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function")
+NOT_SHUFFLED = ("-p", "no:randomly")  # pytest-randomly's tests alone have their order shuffled
 
 
 class Runner:
@@ -247,8 +248,13 @@ class Runner:
         self.pytester = pytester
         self.python = python
 
-    def __call__(self, *options: str) -> pytest.RunResult:
-        return self.pytester.run(self.python, "-m", "pytest", *PLUGIN_FLAGS, *options, timeout=300)
+    def __call__(self, *options: str, timeout_seconds: float = 300) -> pytest.RunResult:
+        return self.shuffled(*NOT_SHUFFLED, *options, timeout_seconds=timeout_seconds)
+
+    def shuffled(self, *options: str, timeout_seconds: float = 300) -> pytest.RunResult:
+        """A run with pytest-randomly active, as where it is installed."""
+        command = (self.python, "-m", "pytest", *PLUGIN_FLAGS, *options)
+        return self.pytester.run(*command, timeout=timeout_seconds)
 
 
 @pytest.fixture
@@ -765,3 +771,158 @@ def test_cov_measures_what_a_serial_run_measures(
     for result in (serial, parallel):
         result.stdout.re_match_lines([r"shapes.py +9 +1 +4 +0 +92% +11$"])
     assert sorted(path.name for path in pytester.path.glob(".coverage*")) == [".coverage"]
+
+
+# -- pytest-randomly, pytest-timeout, pytest-asyncio, pytest-mock in worker processes ------
+
+RANDOM_VALUES = """
+import json, os, random, pytest
+
+@pytest.mark.parametrize("i", range(8))
+def test_draws(i):
+    with open(f"drawn-{os.environ.get('PYTEST_XDIST_WORKER', 'serial')}.jsonl", "a") as out:
+        out.write(json.dumps([f"test_draws[{i}]", random.random()]) + "\\n")
+"""
+
+
+def random_draws(pytester: pytest.Pytester) -> tuple[dict[str, float], list[list[str]]]:
+    """Each test's random number, and the order each process ran its tests in."""
+    values, orders = {}, []
+    for path in sorted(pytester.path.glob("drawn-*.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        values.update(dict(lines))
+        orders.append([test for test, _ in lines])
+        path.unlink()
+    return values, orders
+
+
+def is_subsequence(part: list[str], whole: list[str]) -> bool:
+    remaining = iter(whole)
+    return all(test in remaining for test in part)
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_randomly_seeds_and_orders_tests_as_a_serial_run_of_its_seed(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    # Before, a spawned worker drew a seed of its own, shuffled its collection differently
+    # and was refused ("collected other tests than the main process").
+    pytester.makepyfile(test_random=RANDOM_VALUES)
+    parallel = run.shuffled(*STARTS[start])  # no seed given: the main process draws one
+    parallel.assert_outcomes(passed=8)
+    seed = re.search(r"Using --randomly-seed=(\d+)", parallel.stdout.str())
+    assert seed is not None, parallel.stdout.str()
+    drawn, orders = random_draws(pytester)
+    assert len(orders) == 2  # both workers ran tests
+    run.shuffled(f"--randomly-seed={seed[1]}").assert_outcomes(passed=8)
+    expected, [serial_order] = random_draws(pytester)
+    assert serial_order != sorted(serial_order, key=lambda test: int(test[11:-1]))  # shuffled
+    assert drawn == expected
+    assert all(is_subsequence(order, serial_order) for order in orders), (orders, serial_order)
+
+
+HANGS = """
+import time, pytest
+
+@pytest.mark.timeout(1)
+def test_hangs():
+    time.sleep(60)
+
+def test_unlimited_with_the_option_unset():
+    time.sleep(0.1)
+
+@pytest.mark.parametrize("i", range(3))
+def test_quick(i):
+    pass
+"""
+
+
+def outcome_lines(result: pytest.RunResult) -> list[str]:
+    """The short summary's lines (-rA), sorted: the outcome of every test."""
+    return sorted(line for line in result.outlines if re.match(r"(PASSED|FAILED|ERROR) ", line))
+
+
+def parallel_run_as_serial(run: Runner, start: str, passed: int, failed: int) -> pytest.RunResult:
+    """A --par=2 run whose tests end as in a serial run, where ``passed`` and ``failed``."""
+    serial = run("-rA")
+    serial.assert_outcomes(passed=passed, failed=failed)
+    parallel = run("-rA", *STARTS[start], timeout_seconds=60)
+    parallel.assert_outcomes(passed=passed, failed=failed)
+    assert outcome_lines(parallel) == outcome_lines(serial)
+    return parallel
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_timeout_fails_tests_that_hang_as_a_serial_run(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    pytester.makepyfile(test_hangs=HANGS)
+    parallel = parallel_run_as_serial(run, start, passed=4, failed=1)
+    # pytest-timeout's own report of where the test hung, from inside the worker.
+    parallel.stdout.fnmatch_lines(["*time.sleep(60)", "*Timeout (>1.0s) from pytest-timeout*"])
+    # --timeout sets every test's limit, as serially.
+    assert run("--timeout=0.05", *STARTS[start]).parseoutcomes()["failed"] == 2
+
+
+ASYNC_TESTS = """
+import asyncio, os, pytest, pytest_asyncio
+
+in_the_session_loop = pytest.mark.asyncio(loop_scope="session")
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def connection():
+    await asyncio.sleep(0)
+    return {"opened in": os.getpid(), "loop": id(asyncio.get_running_loop())}
+
+@in_the_session_loop
+@pytest.mark.parametrize("i", range(6))
+async def test_uses_the_session_loop(i, connection):
+    await asyncio.sleep(0.01)
+    assert connection["opened in"] == os.getpid()
+    assert connection["loop"] == id(asyncio.get_running_loop())
+
+@in_the_session_loop
+async def test_fails():
+    await asyncio.sleep(0)
+    assert False
+
+def test_sync():
+    pass
+"""
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_asyncio_session_loops_run_as_in_a_serial_run(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    pytester.makepyfile(test_async=ASYNC_TESTS)
+    parallel_run_as_serial(run, start, passed=7, failed=1)
+
+
+MOCKED = """
+import os, pytest
+
+@pytest.mark.parametrize("i", range(4))
+def test_patches(i, mocker):
+    spy = mocker.patch("os.getcwd", return_value=f"patched {i}")
+    assert os.getcwd() == f"patched {i}"
+    spy.assert_called_once_with()
+
+@pytest.mark.parametrize("i", range(4))
+def test_not_patched(i):
+    assert not os.getcwd().startswith("patched")
+
+def test_spy_fails(mocker):
+    spy = mocker.spy(os.path, "join")
+    os.path.join("a", "b")
+    spy.assert_called_once_with("a", "c")
+"""
+
+
+@pytest.mark.parametrize("start", STARTS)
+def test_mocker_patches_undone_after_each_test_as_in_a_serial_run(
+    pytester: pytest.Pytester, run: Runner, start: str
+) -> None:
+    pytester.makepyfile(test_mocked=MOCKED)
+    parallel = parallel_run_as_serial(run, start, passed=8, failed=1)
+    parallel.stdout.fnmatch_lines(["*AssertionError: expected call not found.*"])

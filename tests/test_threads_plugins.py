@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 FLAGS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio")
+FLAGS += ("-p", "no:randomly")  # (pytest-randomly's order is compared in test_parallel_plugins)
 THREADS = (*FLAGS, "--par=2", "--par-mode=thread")
 WITHOUT_DJANGO = ("-p", "no:django")  # its autouse fixture makes every test run alone
 

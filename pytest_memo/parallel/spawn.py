@@ -72,7 +72,7 @@ class SpawnedWorkers:
             self._environment[COVERAGE_VARIABLE] = str(coverage.directory)
         # The same run, serially: it only collects and then serves.
         self._command = [sys.executable, "-m", "pytest", *config.invocation_params.args, "--par=0"]
-        self._command += spawned_worker_options(config)
+        self._command += spawned_worker_options(config) + _choices_of_this_run(config)
         self._basetemp = config.stash.get(SHARED_BASETEMP, None)
         self._spawned = 0
         self._directory = config.invocation_params.dir
@@ -159,6 +159,17 @@ class SpawnedWorkers:
         self._listener.close()
         if self._captures is not None:
             shutil.rmtree(self._captures, ignore_errors=True)
+
+
+def _choices_of_this_run(config: pytest.Config) -> list[str]:
+    """Options that make a spawned worker choose as this process did (the last one given
+    wins).  pytest-randomly draws a seed per process unless given one: a worker with a seed
+    of its own would shuffle its tests into another order, and seed each test differently
+    from the run whose seed the header names."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if config.pluginmanager.has_plugin("randomly") and isinstance(seed, int):
+        return [f"--randomly-seed={seed}"]
+    return []
 
 
 def is_spawned_worker() -> bool:
