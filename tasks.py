@@ -66,13 +66,14 @@ def ensure_venv(extra: str | None) -> None:
 def ensure_pytest84() -> Path:
     """A second environment with pytest 8.4: the tests check the oldest pytest we support too."""
     python = ROOT / ".venv-pytest84" / BIN.name / PYTHON.name
+    plugins = "pytest==8.4.* pytest-xdist pytest-subtests==0.15.0"  # (pytest 9 has subtests)
     stamp = python.parent.parent / "pytest-memo-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + plugins.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == wanted and python.exists():
         return python
     if not python.exists():
         venv.create(python.parent.parent, with_pip=True)
-    _run(python, "-m", "pip", "install", "--quiet", "-e", ".", "pytest==8.4.*", "pytest-xdist")
+    _run(python, "-m", "pip", "install", "--quiet", "-e", ".", *plugins.split())
     stamp.write_text(wanted)
     return python
 

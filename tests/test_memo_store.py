@@ -761,22 +761,6 @@ def test_a_waiter_takes_over_from_a_killed_computer(
 
 # -- pytest 8.4 ----------------------------------------------------------------------------
 
-PYTEST84_VARIABLE = "PYTEST_MEMO_PYTEST84_PYTHON"
-
-
-@pytest.fixture
-def pytest84() -> str:
-    """The Python of an environment with pytest 8.4 and pytest-memo (``tasks.py test``)."""
-    python = os.environ.get(PYTEST84_VARIABLE)
-    if not python:
-        pytest.skip(
-            f"set {PYTEST84_VARIABLE} to the python of an environment with pytest 8.4 and "
-            "pytest-memo installed (python3 tasks.py test creates one) to run this test"
-        )
-    if not Path(python).exists():
-        pytest.fail(f"{PYTEST84_VARIABLE}={python}: no such interpreter")
-    return python
-
 
 @pytest.mark.parametrize("mark_first", [True, False], ids=["mark above", "mark below"])
 def test_pytest_84_decorator_orders_and_a_hit(

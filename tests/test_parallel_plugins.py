@@ -211,9 +211,30 @@ def test_subtest_failures_fail_their_test(
     assert parallel.parseoutcomes() == serial.parseoutcomes()
     parallel.stdout.fnmatch_lines(["FAILED *test_some_fail - contains 1 failed subtest"])
     for name in ("serial.xml", "par.xml"):
-        suite = ElementTree.parse(pytester.path / name).getroot().find("testsuite")
-        assert suite is not None
-        assert suite.get("failures") == "4", name
+        assert junit_failures(pytester.path / name) == "4", name
+
+
+def junit_failures(path: Path) -> str | None:
+    suite = ElementTree.parse(path).getroot().find("testsuite")
+    assert suite is not None
+    return suite.get("failures")
+
+
+@pytest.mark.parametrize("options", list(MODES.values()), ids=list(MODES))
+def test_pytest_subtests_outcomes_as_in_a_serial_run(
+    pytester: pytest.Pytester, pytest84: str, options: tuple[str, ...]
+) -> None:
+    """The pytest-subtests plugin, with pytest 8.4 (pytest 9 has subtests of its own)."""
+    pytester.makepyfile(test_sub=SUBTESTS)
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.run(pytest84, "-m", "pytest", *FLAGS, *args, timeout=120)
+
+    serial = run("--junitxml=serial.xml")
+    serial.stdout.fnmatch_lines(["platform * pytest-8.4.*", "*2 failed, 6 passed, 3 subtests*"])
+    parallel = run(*options, "--junitxml=par.xml")
+    assert parallel.parseoutcomes() == serial.parseoutcomes()
+    assert junit_failures(pytester.path / "par.xml") == junit_failures(pytester.path / "serial.xml")
 
 
 # -- real plugins, in an environment of their own ------------------------------------------
