@@ -196,3 +196,22 @@ def test_a_cgroup_quota_limits_the_usable_cpus(tmp_path: Path) -> None:
     assert cgroup_quota(cpu_max) is None
     assert cgroup_quota(tmp_path / "missing") is None
     assert usable_cpus() >= 1
+
+
+def test_removing_an_entry_removes_its_lock_file_unless_it_is_held(store: Store) -> None:
+    # Before, every key ever computed left its lock file under locks/ for good.
+    engine = Memoized(store, RunStats())
+    for key in ("a" * 32, "b" * 32, "c" * 32):
+        engine.get_or_compute(Counter(key), lambda key=key: lookup(key=key))  # type: ignore[misc]
+    locks = store.base / "locks"
+    assert len(list(locks.iterdir())) == 3
+    held = store.lock("b" * 32)
+    held.acquire()
+    store.remove("a" * 32)
+    store.remove("b" * 32)  # held here: someone is computing it again
+    assert sorted(path.name for path in locks.iterdir()) == ["b" * 32 + ".lock", "c" * 32 + ".lock"]
+    with pytest.raises(filelock.Timeout):
+        store.lock("b" * 32).acquire(blocking=False)  # still the one lock
+    held.release()
+    store.prune(used_keys=set(), used_slots=set(), everything=True)
+    assert list(locks.iterdir()) == []

@@ -522,6 +522,29 @@ class Store:
                     pass
                 except OSError:  # a directory in its place, ...
                     self._remove_path(Path(stem + suffix))
+        self._remove_unheld_lock(key)
+
+    def _remove_unheld_lock(self, key: str) -> None:
+        """The key's lock file, unless someone holds it (computing the value again): lock
+        files would otherwise pile up, one per key ever computed.  It is taken without
+        waiting and removed while held.  A process that opened it just before then waits
+        on the removed file and may compute the value beside one that made a new lock
+        file: the value is right either way, only computed twice."""
+        if os.name != "posix":
+            return
+        import fcntl
+
+        try:
+            descriptor = os.open(self._lock_path(key), os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:  # none, or not a plain file (lock() replaces it)
+            return
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(self._lock_path(key))
+        except OSError:  # held (this process's holds count too), or already gone
+            pass
+        finally:
+            os.close(descriptor)
 
     def lock(self, key: str) -> filelock.BaseFileLock:
         """The key's lock: whoever holds it computes the entry, the others wait for it.
@@ -579,7 +602,8 @@ class Store:
         return gone, live
 
     def remove_leftovers(self, deep: bool = False) -> tuple[int, int]:
-        """Remove the temporary files of writers that were killed; returns (how many, bytes)."""
+        """Remove the temporary files of writers that were killed; returns (how many, bytes).
+        With ``deep`` (pruning), also the lock files no entry needs any more."""
         if self.read_only:
             return 0, 0
         gone, _ = self._leftovers(deep)
@@ -589,7 +613,17 @@ class Store:
                 size += path.lstat().st_size
                 self._remove_path(path)
                 count += 1
+        if deep:
+            self._remove_lock_files_without_entries()
         return count, size
+
+    def _remove_lock_files_without_entries(self) -> None:
+        """Those of entries removed while their lock was held, or never written (a run
+        killed while computing, an error in the fixture)."""
+        for item in _scandir(self.base / "locks"):
+            key = item.name.removesuffix(".lock")
+            if item.name.endswith(".lock") and not os.path.lexists(self.entry_path(key, ".memo")):
+                self._remove_unheld_lock(key)
 
     # -- index ----------------------------------------------------------------
 
