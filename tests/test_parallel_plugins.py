@@ -842,6 +842,23 @@ def test_randomly_seeds_and_orders_tests_as_a_serial_run_of_its_seed(
     assert all(is_subsequence(order, serial_order) for order in orders), (orders, serial_order)
 
 
+def test_randomly_loaded_by_module_name_seeds_spawned_workers(
+    pytester: pytest.Pytester, run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the seed was passed only when the plugin was registered as "randomly" (its
+    # entry point's name); loaded with -p pytest_randomly, the run was refused.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_random=RANDOM_VALUES)
+    by_name = ("-p", "pytest_memo.memoize.plugin", "-p", "pytest_memo.parallel.plugin")
+    parallel = run.shuffled(*by_name, "-p", "pytest_randomly", *STARTS["spawn"])
+    parallel.assert_outcomes(passed=8)
+    seed = re.search(r"Using --randomly-seed=(\d+)", parallel.stdout.str())
+    assert seed is not None, parallel.stdout.str()
+    drawn, _ = random_draws(pytester)
+    run.shuffled(*by_name, "-p", "pytest_randomly", f"--randomly-seed={seed[1]}")
+    assert random_draws(pytester)[0] == drawn
+
+
 HANGS = """
 import time, pytest
 

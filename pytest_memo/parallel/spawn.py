@@ -165,9 +165,10 @@ def _choices_of_this_run(config: pytest.Config) -> list[str]:
     """Options that make a spawned worker choose as this process did (the last one given
     wins).  pytest-randomly draws a seed per process unless given one: a worker with a seed
     of its own would shuffle its tests into another order, and seed each test differently
-    from the run whose seed the header names."""
+    from the run whose seed the header names.  The option tells that it is active, however
+    it was loaded (its entry point, ``-p pytest_randomly``, ``pytest_plugins``)."""
     seed = getattr(config.option, "randomly_seed", None)
-    if config.pluginmanager.has_plugin("randomly") and isinstance(seed, int):
+    if isinstance(seed, int):
         return [f"--randomly-seed={seed}"]
     return []
 
