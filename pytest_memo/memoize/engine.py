@@ -29,7 +29,7 @@ from pytest_memo.memoize.stats import RunStats
 from pytest_memo.store.local import Entry, EntryInfo, Store, UntrustedEntryError
 
 if TYPE_CHECKING:
-    import filelock
+    from pytest_memo.store.locks import KeyLock
 
 __all__ = ["Claim", "Lookup", "Memoized", "NotMemoized", "code_location", "warn"]
 
@@ -159,7 +159,7 @@ class Memoized:
                 lambda value, seconds: self._keep(store, lookup, value, seconds, parts, recorder),
             )
 
-    def _lock(self, store: Store, key: str) -> filelock.BaseFileLock | None:
+    def _lock(self, store: Store, key: str) -> KeyLock | None:
         """The key's lock, held; None in a read-only store, which takes no lock files."""
         if store.read_only:
             return None

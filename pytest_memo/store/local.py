@@ -23,6 +23,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import shutil
 import stat
 import struct
@@ -44,18 +45,18 @@ from pytest_memo.core.files import (
     writer_gone,
 )
 from pytest_memo.store.location import LAYOUT
+from pytest_memo.store.locks import KeyLock, file_lock
 from pytest_memo.store.signing import Hasher, HmacSigning, Signing
 
 if TYPE_CHECKING:
     import sqlite3
-
-    import filelock
 
 __all__ = ["Entry", "EntryInfo", "Store", "StoreRepairWarning", "UntrustedEntryError"]
 
 T = TypeVar("T")
 
 TEMPORARY = "tmp"
+_LOCK_NAME = re.compile(r"([0-9a-f]{32})\.lock")  # locks/<key>.lock
 # PRAGMA user_version of an index that lists every entry file (one built from them or
 # kept up to date since): an index without it is filled from the entry files first.
 INDEX_VERSION = 2
@@ -534,11 +535,13 @@ class Store:
             return
         import fcntl
 
-        try:
-            descriptor = os.open(self._lock_path(key), os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:  # none, or not a plain file (lock() replaces it)
+        try:  # without waiting on what is not a plain file (a FIFO, a device)
+            descriptor = os.open(self._lock_path(key), os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # none, or a symbolic link (lock() replaces it)
             return
         try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return  # lock() replaces it, and reports it
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.unlink(self._lock_path(key))
         except OSError:  # held (this process's holds count too), or already gone
@@ -546,7 +549,7 @@ class Store:
         finally:
             os.close(descriptor)
 
-    def lock(self, key: str) -> filelock.BaseFileLock:
+    def lock(self, key: str) -> KeyLock:
         """The key's lock: whoever holds it computes the entry, the others wait for it.
 
         It is an OS file lock, released by the kernel if its holder dies, so a waiter
@@ -554,18 +557,17 @@ class Store:
         a hard link or anything but a plain file in its place is removed first (the lock
         would be taken on, or truncate, what it points to).
         """
-        import filelock  # here: importing it costs 30 ms at pytest start-up otherwise
-
         path = self._lock_path(key)
         self._safe_lock_file(path)
-        return filelock.FileLock(path)
+        return file_lock(path)
 
     def _safe_lock_file(self, path: Path) -> None:
         try:
             status = path.lstat()
         except (FileNotFoundError, NotADirectoryError):
             return
-        if stat.S_ISREG(status.st_mode) and status.st_nlink == 1:
+        # No link left: it was removed as it was looked at (by _remove_unheld_lock).
+        if stat.S_ISREG(status.st_mode) and status.st_nlink <= 1:
             return
         if stat.S_ISLNK(status.st_mode):
             what = f"a symbolic link to {os.readlink(path)}"
@@ -620,10 +622,15 @@ class Store:
     def _remove_lock_files_without_entries(self) -> None:
         """Those of entries removed while their lock was held, or never written (a run
         killed while computing, an error in the fixture)."""
-        for item in _scandir(self.base / "locks"):
-            key = item.name.removesuffix(".lock")
-            if item.name.endswith(".lock") and not os.path.lexists(self.entry_path(key, ".memo")):
-                self._remove_unheld_lock(key)
+        locks = self.base / "locks"
+        if locks.is_symlink():  # perhaps a directory others keep files in: not ours to clean
+            return
+        for item in _scandir(locks):
+            named = _LOCK_NAME.fullmatch(item.name)
+            if named is None or not item.is_file(follow_symlinks=False):
+                continue  # not a lock file this store made
+            if not os.path.lexists(self.entry_path(named[1], ".memo")):
+                self._remove_unheld_lock(named[1])
 
     # -- index ----------------------------------------------------------------
 
@@ -756,32 +763,41 @@ class Store:
     def _rebuild(self, reason: str) -> None:
         """Replace a damaged index by one built from the entry files, under a lock (several
         processes may find the damage at once: one rebuilds, the others then use it)."""
-        import filelock
-
         self.close()
-        path = self._index_path
         lock_path = self.base / "index.lock"
         self._safe_lock_file(lock_path)
-        with filelock.FileLock(lock_path):
-            try:
-                self._connect().close()
-                return  # another process rebuilt it meanwhile
-            except _DamagedIndex:
-                pass
-            for suffix in ("-wal", "-shm", "-journal"):
-                self._remove_path(path.with_name(path.name + suffix))
-            if path.is_dir() and not path.is_symlink():
-                aside = path.with_name(f"{path.name}.moved-aside-{time.time_ns()}")
-                os.replace(path, aside)
-                moved = f"; the directory in its place was moved aside to {aside.name}"
-            else:
-                self._remove_path(path)
-                moved = ""
+        lock = file_lock(lock_path)
+        lock.acquire()
+        try:
+            moved = self._rebuild_held()
+        finally:
+            lock.release()
+        if moved is not None:
+            self._report(
+                f"the store index {self._index_path} was damaged ({reason}): rebuilt it "
+                f"from the entry files in {self.base / 'entries'}, which are all kept{moved}"
+            )
+
+    def _rebuild_held(self) -> str | None:
+        """The rebuild under its lock: what was moved aside, or None if another process
+        rebuilt it meanwhile."""
+        path = self._index_path
+        try:
             self._connect().close()
-        self._report(
-            f"the store index {path} was damaged ({reason}): rebuilt it from the entry files "
-            f"in {self.base / 'entries'}, which are all kept{moved}"
-        )
+            return None
+        except _DamagedIndex:
+            pass
+        for suffix in ("-wal", "-shm", "-journal"):
+            self._remove_path(path.with_name(path.name + suffix))
+        moved = ""
+        if path.is_dir() and not path.is_symlink():
+            aside = path.with_name(f"{path.name}.moved-aside-{time.time_ns()}")
+            os.replace(path, aside)
+            moved = f"; the directory in its place was moved aside to {aside.name}"
+        else:
+            self._remove_path(path)
+        self._connect().close()
+        return moved
 
     def close(self) -> None:
         """Close the index connections this process opened; a later use opens new ones.
