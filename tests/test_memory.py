@@ -209,3 +209,40 @@ def test_after_an_inner_pytester_run_a_cached_function_uses_the_outer_run(
     second = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_nested.py")
     second.assert_outcomes(passed=1)
     second.stdout.fnmatch_lines(["memo: 1 hit*, 0 misses*"])
+
+
+def test_first_calls_from_many_threads_at_once_are_all_counted(pytester: pytest.Pytester) -> None:
+    # Before, a thread could see the run's engine before its code fingerprints were set and
+    # set up a store of its own, counting apart (392 hits, 2 misses), and counts were added
+    # without a lock.
+    pytester.makepyfile(
+        test_threads="""
+        import sys, threading
+        import pytest_memo
+
+        @pytest_memo.cache
+        def square(x):
+            return x * x
+
+        def test_threads():
+            sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes
+            start = threading.Barrier(8)
+
+            def call(x):
+                start.wait()
+                for _ in range(50):
+                    assert square(x) == x * x
+
+            threads = [threading.Thread(target=call, args=(x,)) for x in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        """
+    )
+    for _ in range(10):  # a race: each run finds it at times
+        result = pytester.runpytest("-p", "no:cacheprovider", "--memo-clear")
+        result.stdout.fnmatch_lines(["memo: 392 hits*, 8 misses*"])
+    pytester.runpytest("-p", "no:cacheprovider").stdout.fnmatch_lines(
+        ["memo: 400 hits*, 0 misses*"]
+    )

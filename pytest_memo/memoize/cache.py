@@ -15,6 +15,7 @@ import functools
 import inspect
 import os
 import reprlib
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -35,36 +36,45 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Active:
-    """The store cached functions use: the run's, or one of their own outside pytest."""
+    """The store cached functions use: the run's, or one of their own outside pytest.
+    One attribute, assigned at once: a thread must never see the engine of one store with
+    the code fingerprints of none (it then set up a store of its own, counting apart)."""
 
-    engine: Memoized | NotMemoized | None = None
-    rootdir: Path = Path()
-    fingerprints: CodeFingerprints | None = None
+    using: tuple[Memoized | NotMemoized, CodeFingerprints] | None = None
+    changing = threading.Lock()  # first calls may come from several threads at once
 
 
 def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
     """Cached functions use this engine's store (in a pytest run, the run's, counting in
     its statistics)."""
-    _Active.engine, _Active.rootdir = engine, rootdir
-    _Active.fingerprints = CodeFingerprints(rootdir)
+    _Active.using = (engine, CodeFingerprints(rootdir))
 
 
 def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
     run = current.set_up()  # in a pytest run, its memo state (set up on first use)
-    if run is not None and _Active.engine is not run.engine:
-        use_store(run.engine, run.settings.rootdir)
-    if _Active.engine is None or _Active.fingerprints is None:
-        directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
-        problem = refusal(directory, Path.cwd(), "$PYTEST_MEMO_DIR")
-        if problem is not None:
-            warn(f"{problem}; until then, cached functions compute every call")
-            use_store(NotMemoized(RunStats()), Path.cwd())
-        else:
-            store = Store(directory, signing=signing.from_environment())
-            atexit.register(_save_hits, store)
-            use_store(Memoized(store, RunStats(), Path.cwd()), Path.cwd())
-    assert _Active.engine is not None and _Active.fingerprints is not None
-    return _Active.engine, _Active.fingerprints
+    using = _Active.using
+    if using is not None and (run is None or using[0] is run.engine):
+        return using
+    with _Active.changing:
+        using = _Active.using
+        if run is not None and (using is None or using[0] is not run.engine):
+            use_store(run.engine, run.settings.rootdir)
+        elif using is None:
+            use_store(_outside_pytest(), Path.cwd())
+        assert _Active.using is not None
+        return _Active.using
+
+
+def _outside_pytest() -> Memoized | NotMemoized:
+    """The engine of a store of their own, for cached functions called outside pytest."""
+    directory = local_directory(Path.cwd(), os.environ.get("PYTEST_MEMO_DIR")).resolve()
+    problem = refusal(directory, Path.cwd(), "$PYTEST_MEMO_DIR")
+    if problem is not None:
+        warn(f"{problem}; until then, cached functions compute every call")
+        return NotMemoized(RunStats())
+    store = Store(directory, signing=signing.from_environment())
+    atexit.register(_save_hits, store)
+    return Memoized(store, RunStats(), Path.cwd())
 
 
 def _save_hits(store: Store) -> None:

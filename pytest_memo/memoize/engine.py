@@ -321,9 +321,7 @@ class Memoized:
         warn(kept, lookup.where)
 
     def _hit(self, store: Store, lookup: Lookup, entry: Entry) -> None:
-        stats = self.stats.of(lookup.name)
-        stats.hits += 1
-        self.stats.saved(lookup.key, lookup.name, entry.info.seconds)
+        self.stats.hit(lookup.key, lookup.name, entry.info.seconds)
         try:
             store.note_hit(entry)
         except OSError as error:
@@ -338,9 +336,7 @@ class Memoized:
         parts: explain.Parts,
         recorder: reads.Recorder | None,
     ) -> None:
-        stats = self.stats.of(lookup.name)
-        stats.misses += 1
-        stats.seconds_computed += seconds
+        self.stats.miss(lookup.name, seconds)
         if store.read_only:
             return
         info = EntryInfo(
@@ -369,7 +365,7 @@ class Memoized:
             )
             return
         if invalidated:
-            stats.invalidated += 1
+            self.stats.invalidation(lookup.name)
         self._contents.pop(lookup.key, None)  # a new value under this key
         files = {}
         if recorder is not None and self.rootdir is not None:

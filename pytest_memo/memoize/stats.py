@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -82,8 +83,30 @@ class RunStats:
     # tests, scopes or worker processes loaded it.
     saved_by_key: dict[str, tuple[str, float]] = field(default_factory=dict)
 
-    def saved(self, key: str, name: str, seconds: float) -> None:
-        """A hit on ``key``, whose value took ``seconds`` to compute."""
+    # Counts are added under it: cached functions may be called from several threads,
+    # and ``+=`` between two thread switches loses counts.
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def hit(self, key: str, name: str, seconds: float) -> None:
+        """A stored value of ``name`` used, which took ``seconds`` to compute."""
+        with self._counting:
+            self.of(name).hits += 1
+            self._saved(key, name, seconds)
+
+    def miss(self, name: str, seconds: float) -> None:
+        """A value of ``name`` computed in ``seconds``."""
+        with self._counting:
+            stats = self.of(name)
+            stats.misses += 1
+            stats.seconds_computed += seconds
+
+    def invalidation(self, name: str) -> None:
+        """A stored value of ``name`` replaced, as what it depends on changed."""
+        with self._counting:
+            self.of(name).invalidated += 1
+
+    def _saved(self, key: str, name: str, seconds: float) -> None:
+        """A hit on ``key``, whose value took ``seconds`` to compute: counted once."""
         if key not in self.saved_by_key:
             self.saved_by_key[key] = (name, seconds)
             self.of(name).seconds_saved += seconds
@@ -96,13 +119,14 @@ class RunStats:
 
     def merge(self, other: dict[str, Any]) -> None:
         """Add the counts a worker process reported (see :meth:`as_dict`)."""
-        for name, counts in other.get("fixtures", {}).items():
-            mine = self.of(name)
-            for attribute, value in counts.items():
-                if attribute != "seconds_saved":  # from "saved", once per key
-                    setattr(mine, attribute, getattr(mine, attribute) + value)
-        for key, name, seconds in other.get("saved", ()):
-            self.saved(key, name, seconds)
+        with self._counting:
+            for name, counts in other.get("fixtures", {}).items():
+                mine = self.of(name)
+                for attribute, value in counts.items():
+                    if attribute != "seconds_saved":  # from "saved", once per key
+                        setattr(mine, attribute, getattr(mine, attribute) + value)
+            for key, name, seconds in other.get("saved", ()):
+                self._saved(key, name, seconds)
         self.used_keys.update(other.get("used_keys", ()))
         self.used_slots.update(other.get("used_slots", ()))
         self.explained.extend((name, reason) for name, reason in other.get("explained", ()))
