@@ -56,6 +56,41 @@ def test_an_unparametrized_session_fixture_beside_a_parametrized_one_is_made_onc
     ]
 
 
+def test_a_session_fixture_first_asked_for_by_two_running_tests_is_made_once(
+    pytester: pytest.Pytester,
+) -> None:
+    # Before, two test bodies asking for it at once (request.getfixturevalue) both ran the
+    # fixture, and one failed in pytest's "assert not self._finalizers".
+    pytester.makeconftest(
+        """
+        import threading, time, pytest
+
+        both_running = threading.Barrier(2, timeout=30)
+
+        @pytest.fixture(scope="session")
+        def shared():
+            with open("setups.txt", "a") as log:
+                log.write("shared\\n")
+            time.sleep(0.2)  # the other test asks for it meanwhile
+            yield "value"
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+        from conftest import both_running
+
+        @pytest.mark.parametrize("i", range(2))
+        def test_asks_in_its_body(request, i):
+            both_running.wait()
+            assert request.getfixturevalue("shared") == "value"
+        """
+    )
+    result = pytester.runpytest_subprocess(*THREADS)
+    result.assert_outcomes(passed=2)
+    assert (pytester.path / "setups.txt").read_text().splitlines() == ["shared"]
+
+
 def test_captured_logs_belong_to_their_test(pytester: pytest.Pytester) -> None:
     # The first two tests wait for each other: they log, and fail, while both run.
     pytester.makepyfile(

@@ -43,7 +43,8 @@ _STATE = "_pytest_memo_contexts"
 class _Contexts:
     """One fixture definition's values and finalizers, by context."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: threading.RLock) -> None:
+        self.lock = lock  # the runner's fixture lock: one setup or teardown at a time
         self.results: dict[Hashable, Any] = {}
         self.finalizers: dict[Hashable, list[Callable[[], object]]] = {}
         self.local = threading.local()  # the context this thread is serving
@@ -83,20 +84,28 @@ def _get_finalizers(definition: Any) -> list[Callable[[], object]]:
 
 def _by_context(original: type) -> type:
     """A subclass of a fixture definition class that keeps values by context.  It adds
-    no instance storage, so definitions can change class for the run and back."""
+    no instance storage, so definitions can change class for the run and back.
+
+    Values are made and torn down under the runner's fixture lock, also when a test body
+    asks for one (``request.getfixturevalue``) outside its setup: two threads making the
+    same session value at once both ran the fixture and failed in pytest's
+    ``assert not self._finalizers``."""
 
     def execute(self: Any, request: Any) -> Any:
-        _contexts(self).serve(_context(self, request))
-        return original.execute(self, request)  # type: ignore[attr-defined]
+        contexts = _contexts(self)
+        with contexts.lock:
+            contexts.serve(_context(self, request))
+            return original.execute(self, request)  # type: ignore[attr-defined]
 
     def finish(self: Any, request: Any) -> None:
         contexts, context = _contexts(self), _context(self, request)
-        contexts.serve(context)
-        try:
-            original.finish(self, request)  # type: ignore[attr-defined]
-        finally:
-            if context not in contexts.results:
-                contexts.finalizers.pop(context, None)
+        with contexts.lock:
+            contexts.serve(context)
+            try:
+                original.finish(self, request)  # type: ignore[attr-defined]
+            finally:
+                if context not in contexts.results:
+                    contexts.finalizers.pop(context, None)
 
     namespace = {
         "cached_result": property(_get_result, _set_result),
@@ -152,8 +161,11 @@ _CLASSES: dict[type, type] = {}
 
 
 @contextlib.contextmanager
-def fixtures_per_context(session: pytest.Session) -> Generator[None, None, None]:
-    """For the block, every fixture definition of the session keeps values by context."""
+def fixtures_per_context(
+    session: pytest.Session, lock: threading.RLock
+) -> Generator[None, None, None]:
+    """For the block, every fixture definition of the session keeps values by context,
+    made and torn down under ``lock``."""
     changed = []
     for definition in _fixture_definitions(session):
         if _STATE in definition.__dict__:
@@ -161,7 +173,7 @@ def fixtures_per_context(session: pytest.Session) -> Generator[None, None, None]
         original = type(definition)
         if original not in _CLASSES:
             _CLASSES[original] = _by_context(original)
-        definition.__dict__[_STATE] = _Contexts()
+        definition.__dict__[_STATE] = _Contexts(lock)
         definition.__class__ = _CLASSES[original]
         changed.append((definition, original))
     try:

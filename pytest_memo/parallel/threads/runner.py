@@ -97,7 +97,7 @@ class ThreadRunner:
         # states and fixtures they use are put back, and the shared fixtures are torn
         # down (and their errors reported) while fixtures still keep values per context.
         with contextlib.ExitStack() as stack:
-            stack.enter_context(fixtures_per_context(self.session))
+            stack.enter_context(fixtures_per_context(self.session, self.fixture_lock))
             stack.callback(self._report_teardown_errors, teardown_errors)
             stack.enter_context(per_thread_setup_states(self.session, teardown_errors))
             stack.enter_context(per_thread_capture(self.config))
