@@ -265,3 +265,93 @@ def test_prune_removes_only_lock_files_the_store_made(store: Store, tmp_path: Pa
     locks.symlink_to(shared)
     store.prune(used_keys=set(), used_slots=set(), everything=True)
     assert [path.name for path in shared.iterdir()] == ["a" * 32 + ".lock"]
+
+
+def test_two_removers_of_one_lock_file_never_remove_a_new_holders_file(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, a remover that opened the old lock file, then took it once another remover
+    # had removed it, removed the path: the lock file a new holder had made meanwhile.
+    import fcntl
+
+    key = "a" * 32
+    leftover = store.lock(key)
+    assert leftover.acquire()
+    leftover.release()
+    flock, opened, go_on = fcntl.flock, threading.Event(), threading.Event()
+
+    def flock_after_the_others(descriptor: int, operation: int) -> None:
+        if threading.current_thread().name == "late remover":
+            opened.set()
+            go_on.wait(10)
+        flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_others)
+    late = threading.Thread(target=store._remove_unheld_lock, args=(key,), name="late remover")
+    late.start()
+    assert opened.wait(10)
+    Store(store.root)._remove_unheld_lock(key)  # the other remover
+    holder = store.lock(key)
+    assert holder.acquire()  # computing the value, on a new lock file
+    go_on.set()
+    late.join()
+    assert not Store(store.root).lock(key).acquire(blocking=False)
+    holder.release()
+
+
+def test_clearing_the_store_keeps_the_lock_of_a_value_being_computed(store: Store) -> None:
+    # Before, --memo-clear removed every lock file: a run starting then took a new lock
+    # and computed the value beside the run holding the old one.
+    held = store.lock("b" * 32)
+    assert held.acquire()
+    other = store.lock("c" * 32)  # another, its value computed
+    assert other.acquire()
+    other.release()
+    store.clear()
+    assert [path.name for path in (store.base / "locks").iterdir()] == ["b" * 32 + ".lock"]
+    assert not store.lock("b" * 32).acquire(blocking=False)
+    held.release()
+
+
+def test_a_hit_on_an_entry_removed_meanwhile_leaves_the_store_writable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, counting the hit of an entry another run's prune had just removed raised
+    # FileNotFoundError, and the run used the store read-only from then on.
+    Memoized(store, RunStats()).get_or_compute(Counter(), lookup)
+    mine = Store(store.root)
+    engine = Memoized(mine, RunStats())
+    read = Memoized._read
+
+    def read_then_pruned_elsewhere(self: Memoized, store: Store, found: Lookup) -> Any:
+        entry = read(self, store, found)
+        Store(store.root).remove(found.key)
+        return entry
+
+    monkeypatch.setattr(Memoized, "_read", read_then_pruned_elsewhere)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert engine.get_or_compute(Counter(), lookup) == 42
+    assert not mine.read_only
+
+
+def test_a_child_forked_while_a_lock_is_held_does_not_hold_it(store: Store) -> None:
+    # Before, a fixture that forked while its value was computed left the child holding
+    # the key's lock: others waited for the child to exit, not for the value.
+    held = store.lock("d" * 32)
+    assert held.acquire()
+    started, ready = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(ready, b"x")  # past fork(): what it does in the child is done
+        time.sleep(30)
+        os._exit(0)
+    try:
+        os.close(ready)
+        assert os.read(started, 1) == b"x"
+        os.close(started)
+        held.release()
+        assert store.lock("d" * 32).acquire(blocking=False)
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)

@@ -82,6 +82,31 @@ def test_works_outside_pytest_with_pytest_memo_dir(tmp_path: Path) -> None:
     assert list(env_dir.glob("v1/entries/*/*.memo"))
 
 
+def test_after_pytest_main_returns_calls_use_the_store_outside_pytest(tmp_path: Path) -> None:
+    # Before, calls after pytest.main() kept the finished run's store: with --memo-off
+    # there, every later call computed.
+    (tmp_path / "helper.py").write_text(HELPER)
+    (tmp_path / "test_nothing.py").write_text(
+        "from helper import slow\n\ndef test_nothing():\n    slow(6)\n"
+    )
+    script = (
+        "import pytest\n"
+        "from helper import slow\n"
+        "slow(4)\n"
+        "pytest.main(['-q', '-p', 'no:cacheprovider', '--memo-off', 'test_nothing.py'])\n"
+        "slow(4); slow(5); slow(5)\n"
+    )
+    for _ in range(2):
+        subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            check=True,
+        )
+    assert calls(tmp_path) == ["4", "6", "5", "6"]  # 6 computed in each --memo-off run
+
+
 def test_ignore_must_name_a_parameter() -> None:
     import pytest_memo
 

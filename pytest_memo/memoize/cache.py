@@ -30,39 +30,42 @@ from pytest_memo.store import signing
 from pytest_memo.store.local import Store
 from pytest_memo.store.location import local_directory, refusal
 
-__all__ = ["cache", "use_store"]
+__all__ = ["cache"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Active:
-    """The store cached functions use: the run's, or one of their own outside pytest.
-    One attribute, assigned at once: a thread must never see the engine of one store with
-    the code fingerprints of none (it then set up a store of its own, counting apart)."""
+    """The stores cached functions use: the run's in a pytest run, their own outside one.
+    Each is one attribute, assigned at once: a thread must never see the engine of one
+    store with the code fingerprints of none (it then set up a store of its own, counting
+    apart)."""
 
-    using: tuple[Memoized | NotMemoized, CodeFingerprints] | None = None
+    Using = tuple[Memoized | NotMemoized, CodeFingerprints]
+    in_run: Using | None = None
+    outside: Using | None = None
     changing = threading.Lock()  # first calls may come from several threads at once
 
 
-def use_store(engine: Memoized | NotMemoized, rootdir: Path) -> None:
-    """Cached functions use this engine's store (in a pytest run, the run's, counting in
-    its statistics)."""
-    _Active.using = (engine, CodeFingerprints(rootdir))
-
-
-def _current() -> tuple[Memoized | NotMemoized, CodeFingerprints]:
+def _current() -> _Active.Using:
     run = current.set_up()  # in a pytest run, its memo state (set up on first use)
-    using = _Active.using
-    if using is not None and (run is None or using[0] is run.engine):
+    if run is None:  # after a run too (pytest.main() returned): not that run's store
+        return _Active.outside or _set_up_outside()
+    using = _Active.in_run
+    if using is not None and using[0] is run.engine:
         return using
     with _Active.changing:
-        using = _Active.using
-        if run is not None and (using is None or using[0] is not run.engine):
-            use_store(run.engine, run.settings.rootdir)
-        elif using is None:
-            use_store(_outside_pytest(), Path.cwd())
-        assert _Active.using is not None
-        return _Active.using
+        using = _Active.in_run
+        if using is None or using[0] is not run.engine:
+            using = _Active.in_run = (run.engine, CodeFingerprints(run.settings.rootdir))
+        return using
+
+
+def _set_up_outside() -> _Active.Using:
+    with _Active.changing:
+        if _Active.outside is None:
+            _Active.outside = (_outside_pytest(), CodeFingerprints(Path.cwd()))
+        return _Active.outside
 
 
 def _outside_pytest() -> Memoized | NotMemoized:

@@ -45,7 +45,7 @@ from pytest_memo.core.files import (
     writer_gone,
 )
 from pytest_memo.store.location import LAYOUT
-from pytest_memo.store.locks import KeyLock, file_lock
+from pytest_memo.store.locks import KeyLock, file_lock, still_at
 from pytest_memo.store.signing import Hasher, HmacSigning, Signing
 
 if TYPE_CHECKING:
@@ -528,9 +528,10 @@ class Store:
     def _remove_unheld_lock(self, key: str) -> None:
         """The key's lock file, unless someone holds it (computing the value again): lock
         files would otherwise pile up, one per key ever computed.  It is taken without
-        waiting and removed while held.  A process that opened it just before then waits
-        on the removed file and may compute the value beside one that made a new lock
-        file: the value is right either way, only computed twice."""
+        waiting and removed while held, if it is still the file at its path (another
+        remover may have removed it, and someone made a new one, meanwhile).  A process
+        that opened it just before waits on the removed file, then takes the lock on the
+        new one (locks.py)."""
         if os.name != "posix":
             return
         import fcntl
@@ -543,7 +544,8 @@ class Store:
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
                 return  # lock() replaces it, and reports it
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.unlink(self._lock_path(key))
+            if still_at(self._lock_path(key), descriptor):
+                os.unlink(self._lock_path(key))
         except OSError:  # held (this process's holds count too), or already gone
             pass
         finally:
@@ -874,7 +876,11 @@ class Store:
         with self._pending_lock:
             self._pending_hits[entry.key] = self._pending_hits.get(entry.key, 0) + 1
         if not self._has_row(entry.key):
-            self._index_insert(entry.key, entry.info, self.entry_path(entry.key).stat().st_size)
+            try:
+                size = self.entry_path(entry.key).stat().st_size
+            except FileNotFoundError:  # removed since it was read (a prune in another run)
+                return
+            self._index_insert(entry.key, entry.info, size)
 
     def _has_row(self, key: str) -> bool:
         row = self._query(
@@ -961,9 +967,12 @@ class Store:
             # Counted from the files, not the index, which may be damaged.
             count = sum(1 for _ in self._entry_files())
             self.close()
-            for name in ("entries", "locks", TEMPORARY):
+            for name in ("entries", TEMPORARY):
                 with contextlib.suppress(FileNotFoundError):
                     self._remove_path(self.base / name)
+            # Lock files held by a run computing its value now stay: removed, a second
+            # run would take a new lock and compute the same value beside it.
+            self._remove_lock_files_without_entries()
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
                     self._remove_path(self.base / f"index.sqlite{suffix}")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from pathlib import Path
 from typing import Protocol
 
 from pytest_memo.core.files import FILE_MODE
 
-__all__ = ["FileLock", "KeyLock", "file_lock"]
+__all__ = ["FileLock", "KeyLock", "file_lock", "still_at"]
 
 
 class KeyLock(Protocol):
@@ -55,8 +56,9 @@ class FileLock:
             except BaseException:
                 os.close(descriptor)
                 raise
-            if _still_at(self.path, descriptor):
+            if still_at(self.path, descriptor):
                 self._descriptor = descriptor
+                _HELD.add(self)
                 return True
             os.close(descriptor)  # removed (or replaced) while waited on: lock the new file
 
@@ -69,12 +71,36 @@ class FileLock:
             return os.open(self.path, flags, FILE_MODE)
 
     def release(self) -> None:
+        _HELD.discard(self)
+        if self._descriptor is not None:
+            descriptor, self._descriptor = self._descriptor, None
+            os.close(descriptor)
+
+    def _forget_in_child(self) -> None:
+        """In a process forked while this lock was held: the parent holds it, not us."""
         if self._descriptor is not None:
             descriptor, self._descriptor = self._descriptor, None
             os.close(descriptor)
 
 
-def _still_at(path: Path, descriptor: int) -> bool:
+# Locks held by this process.  A child forked meanwhile (a fixture that forks while its
+# value is computed, a multiprocessing pool) would otherwise keep them held after the
+# parent released them: a flock lasts until every copy of its descriptor is closed, and
+# other processes waited for the child to exit.
+_HELD: weakref.WeakSet[FileLock] = weakref.WeakSet()
+
+
+def _release_in_child() -> None:
+    for lock in list(_HELD):
+        lock._forget_in_child()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_release_in_child)
+
+
+def still_at(path: Path, descriptor: int) -> bool:
     """Whether the open file is still the one at ``path`` (not removed nor replaced)."""
     held = os.fstat(descriptor)
     with contextlib.suppress(OSError):
