@@ -72,9 +72,7 @@ class FileLock:
 
     def release(self) -> None:
         _HELD.discard(self)
-        if self._descriptor is not None:
-            descriptor, self._descriptor = self._descriptor, None
-            os.close(descriptor)
+        self._forget_in_child()  # the same closing of the descriptor
 
     def _forget_in_child(self) -> None:
         """In a process forked while this lock was held: the parent holds it, not us."""
